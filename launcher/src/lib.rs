@@ -1,0 +1,1 @@
+//! Runs processes in containers (see ARCHITECTURE.md).
