@@ -30,10 +30,7 @@ impl Mapping {
     pub fn from_file(file: &File) -> io::Result<Mapping> {
         let meta = file.metadata()?;
         if !meta.is_file() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"));
         }
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
@@ -51,20 +48,13 @@ impl Mapping {
         // to be writable only by its owner (root or us) and the store never modifies layer files
         // after the rename that publishes them, so the bytes cannot change or shrink under us.
         let map = unsafe { memmap2::MmapOptions::new().map(file)? };
-        Ok(Mapping {
-            map: Some(map),
-            len,
-        })
+        Ok(Mapping { map: Some(map), len })
     }
 
     /// Advises the kernel that `range` will be read soon (best effort).
     pub fn will_need(&self, offset: usize, len: usize) {
         if let Some(map) = &self.map {
-            let _ = map.advise_range(
-                memmap2::Advice::WillNeed,
-                offset,
-                len.min(map.len().saturating_sub(offset)),
-            );
+            let _ = map.advise_range(memmap2::Advice::WillNeed, offset, len.min(map.len().saturating_sub(offset)));
         }
     }
 
