@@ -1,0 +1,42 @@
+//! layertool's library: importing images into packed layers, the local store, inspection.
+//!
+//! - [`convert`]: one layer tarball into one packed layer (streaming, tar + OCI semantics).
+//! - [`import`]: images (root filesystem tarballs, OCI layouts, `docker save` archives) into
+//!   the [`store`].
+//! - [`show`]: the listings `layertool ls`/`inspect` print.
+
+#![forbid(unsafe_code)]
+
+pub mod convert;
+pub mod error;
+pub mod image;
+pub mod import;
+pub mod show;
+pub mod store;
+
+use std::path::Path;
+
+use format_spec::{FormatError, Layer};
+use layerfs::mapping::Mapping;
+
+pub use error::{ImportError, StoreError};
+
+/// A packed layer mapped from a file.
+pub type MappedLayer = Layer<Mapping>;
+
+/// Why a layer file could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum LayerOpenError {
+    /// The file could not be mapped.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The bytes are not a valid layer.
+    #[error("{0}")]
+    Format(#[from] FormatError),
+}
+
+/// Maps and opens the packed layer at `path` (O(1) checks; see [`Layer::open`]).
+pub fn open_layer(path: &Path) -> Result<MappedLayer, LayerOpenError> {
+    let map = Mapping::open(path)?;
+    Ok(Layer::open(map)?)
+}
