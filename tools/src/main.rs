@@ -51,7 +51,7 @@ enum Cmd {
     /// List images.
     Images {
         /// Only print image names.
-        #[arg(short = 'q', long = "names")]
+        #[arg(long = "names")]
         names: bool,
     },
     /// Remove images, then the layers and objects nothing references any more.
@@ -497,4 +497,12 @@ fn verify_layer(path: &Path, store: Option<&Store>) -> bool {
         );
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_is_consistent() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }
