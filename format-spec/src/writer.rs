@@ -63,8 +63,8 @@ impl Default for WriterOptions {
 pub struct TempObject {
     /// The open file (written by the builder at offsets; holes are left unwritten).
     pub file: File,
-    /// Its path.
-    pub path: PathBuf,
+    /// Its path, if it has one (an `O_TMPFILE` has none).
+    pub path: Option<PathBuf>,
 }
 
 /// Where external objects go (the store implements it).
@@ -74,6 +74,8 @@ pub trait ObjectSink {
     /// Publishes `tmp` as the object named `digest` (of `size` bytes), or discards it when that
     /// object exists already. Must be durable before it returns if the caller asks for it.
     fn publish(&mut self, tmp: TempObject, digest: &[u8; 32], size: u64) -> io::Result<()>;
+    /// Drops `tmp` (its content is stored already, or the write failed).
+    fn discard(&mut self, tmp: TempObject);
 }
 
 /// What [`LayerBuilder::finish`] wrote.
@@ -658,11 +660,11 @@ impl<'s> LayerBuilder<'s> {
         });
         let sink = self.sink.as_mut().expect("checked by the caller");
         if let Err(e) = published {
-            let _ = std::fs::remove_file(&tmp.path);
+            sink.discard(tmp);
             return Err(e);
         }
         if let Some(&d) = self.stored.get(&digest) {
-            let _ = std::fs::remove_file(&tmp.path);
+            sink.discard(tmp);
             self.summary.deduplicated += 1;
             return Ok(d);
         }

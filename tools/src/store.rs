@@ -78,6 +78,15 @@ impl Store {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| StoreError::io(format!("creating {}", p.display()), e))?;
         }
+        // All 256 object fan-out directories up front: no mkdir per object.
+        for i in 0..=255u8 {
+            let p = root.join("objects").join(format!("{i:02x}"));
+            match fs::create_dir(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::io(format!("creating {}", p.display()), e)),
+            }
+        }
         Ok(Store { root })
     }
 
@@ -344,24 +353,41 @@ fn publish(tmp: &Path, dst: &Path) -> Result<bool, StoreError> {
     Ok(true)
 }
 
-/// [`ObjectSink`] over a store: objects go to `tmp/`, then to `objects/ab/cdef...`.
+/// [`ObjectSink`] over a store: each object is written to an unnamed `O_TMPFILE` (mode 0444) in
+/// `objects/` and linked to `objects/ab/cdef...` when complete, so a killed import never leaves a
+/// partial object under a name (and nothing to clean up).
 pub struct StoreObjects<'a> {
     store: &'a Store,
 }
 
 impl ObjectSink for StoreObjects<'_> {
     fn temp(&mut self) -> io::Result<TempObject> {
-        let (file, path) = self.store.temp_file(".object-").map_err(|e| io::Error::other(e.to_string()))?;
-        Ok(TempObject { file, path })
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o444)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(self.store.objects_dir())?;
+        Ok(TempObject { file, path: None })
     }
 
     fn publish(&mut self, tmp: TempObject, digest: &[u8; 32], _size: u64) -> io::Result<()> {
-        drop(tmp.file);
         let dst = self.store.object_path(digest);
-        if let Some(parent) = dst.parent() {
-            fs::create_dir_all(parent)?;
+        let src = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&tmp.file));
+        match nix::unistd::linkat(
+            nix::fcntl::AT_FDCWD,
+            src.as_str(),
+            nix::fcntl::AT_FDCWD,
+            &dst,
+            nix::fcntl::AtFlags::AT_SYMLINK_FOLLOW,
+        ) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(io::Error::other(format!("linking object {}: {e}", dst.display()))),
         }
-        publish(&tmp.path, &dst).map(drop).map_err(|e| io::Error::other(e.to_string()))
+    }
+
+    fn discard(&mut self, tmp: TempObject) {
+        drop(tmp.file);
     }
 }
 

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Import speed, peak memory and size: layertool against tar -x, mkfs.erofs and squashfs on the same
+# Debian root filesystem tarball, side by side in one run, printed with ratios to `tar -x`.
+# Usage: benches/scripts/import.sh [TARBALL] [RUNS]   (default: the cached Debian bench image, 3 runs)
+# Work area: $BENCH_DIR (default /var/tmp/layerfs-bench), on the same filesystem for every tool.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+./scripts/deps.sh
+cargo build --release -q -p tools
+tarball=${1:-$(./scripts/debian-image.sh)}
+runs=${2:-3}
+work=${BENCH_DIR:-/var/tmp/layerfs-bench}/import
+rm -rf "$work"; mkdir -p "$work"
+lt=$PWD/target/release/layertool
+entries=$(tar tf "$tarball" | wc -l)
+echo "machine: $(nproc) cores, $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "input:   $tarball ($(du -m "$tarball" | cut -f1) MB, $entries entries), page cache warm, best of $runs"
+cat "$tarball" > /dev/null
+
+# name | command (run in $work, output under $work/out) ; peak RSS from /usr/bin/time
+declare -a names cmds
+add() { names+=("$1"); cmds+=("$2"); }
+add "tar -x (reference)"            "mkdir out && tar -xf '$tarball' -C out"
+add "layertool convert (inline)"    "'$lt' -q convert '$tarball' -o out"
+add "layertool import (objects)"    "'$lt' -q --root out import '$tarball' --tag bench"
+add "mkfs.erofs 1.5 (tar -x + mkfs)" "mkdir x && tar -xf '$tarball' -C x && mkfs.erofs -q out x"
+add "mksquashfs (tar -x + mksq, -noI -noD -noF)" "mkdir x && tar -xf '$tarball' -C x && mksquashfs x out -quiet -no-progress -noI -noD -noF -noX >/dev/null"
+add "mksquashfs lz4 (tar -x + mksq)" "mkdir x && tar -xf '$tarball' -C x && mksquashfs x out -quiet -no-progress -comp lz4 >/dev/null"
+add "tar2sqfs lz4 (streaming, 2 jobs)" "tar2sqfs -q -c lz4 -j 2 -f out < '$tarball'"
+
+printf '%-44s %9s %7s %9s %9s\n' tool seconds ratio "peak MB" "size MB"
+ref=""
+for i in "${!names[@]}"; do
+  best=""; rss=0
+  for r in $(seq "$runs"); do
+    rm -rf "$work/out" "$work/x"; sync
+    s=$( { cd "$work" && /usr/bin/time -f '%e %M' bash -c "${cmds[$i]}" 2>&1 >/dev/null; } | tail -n1)
+    t=${s% *}; m=${s#* }
+    if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; rss=$m; fi
+  done
+  size=$(du -sm --apparent-size "$work/out" | cut -f1)
+  [ -n "$ref" ] || ref=$best
+  printf '%-44s %9.2f %7.2f %9d %9d\n' "${names[$i]}" "$best" "$(awk "BEGIN{print $best/$ref}")" $((rss / 1024)) "$size"
+done
+echo "(ratio = time / tar -x; peak MB = max RSS of the slowest process in the command; sizes are apparent sizes)"
+rm -rf "$work"
