@@ -496,34 +496,54 @@ pub fn ps(store_root: &Path, all: bool, quiet: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let _ = writeln!(
-        out,
-        "{:<14}{:<24}{:<22}{:<20}{:<26}NAMES",
-        "CONTAINER ID", "ROOTFS", "COMMAND", "CREATED", "STATUS"
-    );
+    let mut table = vec![
+        [
+            "CONTAINER ID",
+            "ROOTFS",
+            "COMMAND",
+            "CREATED",
+            "STATUS",
+            "NAMES",
+        ]
+        .map(String::from),
+    ];
     for st in rows {
         let mut cmd = format!("\"{}\"", st.config.args.join(" "));
-        if cmd.len() > 20 {
-            cmd = format!(
-                "{}…\"",
-                &cmd[..cmd.char_indices().nth(18).map_or(cmd.len(), |(i, _)| i)]
-            );
+        if cmd.chars().count() > 22 {
+            cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
         }
         let rootfs = match &st.config.rootfs {
             RootFsSpec::Dir { path } => path.display().to_string(),
             RootFsSpec::Layerfs { .. } => "layerfs".into(),
         };
-        let rootfs: String = rootfs.chars().take(22).collect();
-        let _ = writeln!(
-            out,
-            "{:<14}{:<24}{:<22}{:<20}{:<26}{}",
-            &st.id[..12],
+        table.push([
+            st.id[..12].to_string(),
             rootfs,
             cmd,
             format!("{} ago", ago(Some(&st.created))),
             status_text(&st),
-            st.name
-        );
+            st.name.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in table {
+        let mut line = String::new();
+        for (c, cell) in row.iter().enumerate() {
+            if c == 5 {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}   ", w = widths[c]));
+            }
+        }
+        let _ = writeln!(out, "{line}");
     }
     Ok(0)
 }

@@ -120,6 +120,10 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     state.pid = Some(started.pid);
     state.started_at = Some(now_rfc3339());
     state.cgroup = started.cgroup.clone();
+    // Listen before anyone learns that the container runs: `stop` right after `run -d` must find the socket.
+    let listener = socket_path(dir, ATTACH_SOCKET)
+        .and_then(|(_keep, p)| UnixSeqpacket::bind(&p))
+        .ok();
     let _ = store.save(&state);
     let _ = proto::send_frame(birth.as_fd(), &Frame::Started { pid: started.pid });
 
@@ -127,7 +131,15 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let mut started = started;
     let stdin = started.stdin.take();
     let outputs = std::mem::take(&mut started.outputs);
-    let info = serve(&state.config, dir, &started, stdin, outputs, &mut clients);
+    let info = serve(
+        &state.config,
+        dir,
+        &started,
+        listener,
+        stdin,
+        outputs,
+        &mut clients,
+    );
 
     state.status = Status::Exited;
     state.exit_code = Some(info.code);
@@ -454,13 +466,12 @@ fn serve(
     cfg: &ContainerConfig,
     dir: &Path,
     s: &Started,
+    listener: Option<UnixSeqpacket>,
     mut stdin: Option<OwnedFd>,
     owned_outputs: Vec<(OwnedFd, Stream)>,
     clients: &mut Vec<Client>,
 ) -> ExitInfo {
     let mut log = LogWriter::open(&dir.join(LOG_FILE), cfg.log.clone()).ok();
-    let listener = socket_path(dir, ATTACH_SOCKET).and_then(|(_keep, p)| UnixSeqpacket::bind(&p));
-    let listener = listener.ok();
     let mut outputs: Vec<Option<(BorrowedFd<'_>, Stream)>> = owned_outputs
         .iter()
         .map(|(fd, st)| Some((fd.as_fd(), *st)))
