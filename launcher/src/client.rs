@@ -623,6 +623,5 @@ pub fn logs(store_root: &Path, reference: &str, o: &LogsOptions) -> Result<i32> 
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    print_lines(&cursor.finish());
     Ok(0)
 }

@@ -267,11 +267,12 @@ pub fn read_lines(dir: &Path, opts: &ReadOptions) -> io::Result<(Vec<Line>, Curs
                 file: Some(r.into_inner()),
                 ino,
                 offset,
-                asm,
             };
-            asm = Assembler::default();
         }
     }
+    // Output that has no newline yet counts as a line of its own; its continuation, if any, comes
+    // through the cursor as further data for the same line.
+    lines.extend(asm.finish());
     if let Some(since) = opts.since {
         lines.retain(|l| l.time.is_none_or(|t| t >= since));
     }
@@ -289,12 +290,12 @@ pub struct Cursor {
     file: Option<File>,
     ino: u64,
     offset: u64,
-    asm: Assembler,
 }
 
 impl Cursor {
     /// Reads what was appended since the last call, following a rotation (the old file is read to its end
-    /// first, then the new one from its start).
+    /// first, then the new one from its start). Entries come out as they are: a partial entry is text
+    /// without a newline, so a terminal shows the line growing.
     pub fn poll(&mut self, dir: &Path) -> io::Result<Vec<Line>> {
         let mut out = Vec::new();
         let path = dir.join(LOG_FILE);
@@ -317,10 +318,15 @@ impl Cursor {
             let complete = data.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
             self.offset += complete as u64;
             for l in data[..complete].split(|b| *b == b'\n') {
-                if let Some(e) = parse_line(l)
-                    && let Some(line) = self.asm.push(e)
-                {
-                    out.push(line);
+                if let Some(mut e) = parse_line(l) {
+                    if !e.partial {
+                        e.data.push(b'\n');
+                    }
+                    out.push(Line {
+                        time: e.time,
+                        stream: e.stream,
+                        data: e.data,
+                    });
                 }
             }
             // Rotated away? Then continue with the new file.
@@ -334,11 +340,6 @@ impl Cursor {
             }
             return Ok(out);
         }
-    }
-
-    /// Partial lines left at the end.
-    pub fn finish(&mut self) -> Vec<Line> {
-        self.asm.finish()
     }
 }
 
