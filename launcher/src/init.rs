@@ -85,21 +85,24 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let keep = [child.sock.as_raw_fd()];
     sys::close_all_from(3, &keep);
 
-    // Wait until the monitor placed us in the cgroup and mapped our ids.
-    let mut b = [0u8; 1];
-    match proto::recv(child.sock.as_fd(), &mut b) {
-        Ok((1, _)) if b[0] == proto::GO => {}
-        Ok(_) => sys::exit_now(125),
-        Err(e) => return Err(SetupError::Sync(e.into())),
+    // As root, the mounts overlap with the monitor moving us into our cgroup (a cgroup v1 migration waits
+    // for an RCU grace period: milliseconds). Rootless, the id maps must be written before we can create
+    // anything, so wait first.
+    let mut k = LinuxSys;
+    if cfg.rootless {
+        wait_go(child)?;
+    }
+    mounts::prepare_root(&mut k, &child.plan)?;
+    mounts::pivot(&mut k, &child.plan)?;
+    mounts::finish_root(&mut k, &child.plan)?;
+    if !cfg.rootless {
+        wait_go(child)?;
     }
     if child.cgroupns {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
             .map_err(|e| SetupError::UnshareCgroup(e.into()))?;
     }
-    let mut k = LinuxSys;
-    mounts::prepare_root(&mut k, &child.plan)?;
-    mounts::pivot(&mut k, &child.plan)?;
-    mounts::finish_root(&mut k, &child.plan)?;
+    mounts::mount_cgroups(&mut k, &child.plan, Path::new("/sys/fs/cgroup"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
     if child.new_netns {
         sys::interface_up("lo").map_err(|e| SetupError::Loopback(e.into()))?;
@@ -170,6 +173,16 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let _ = sys::cloexec_from(3);
     let errno = sys::execve(&cpath, &argv, &envp);
     Err(exec_error(&argv0, errno))
+}
+
+/// Waits until the monitor placed us in the cgroup (and mapped our ids).
+fn wait_go(child: &Child<'_>) -> Result<(), SetupError> {
+    let mut b = [0u8; 1];
+    match proto::recv(child.sock.as_fd(), &mut b) {
+        Ok((1, _)) if b[0] == proto::GO => Ok(()),
+        Ok(_) => sys::exit_now(125),
+        Err(e) => Err(SetupError::Sync(e.into())),
+    }
 }
 
 fn not_found(cmd: &str, reason: &str) -> SetupError {

@@ -226,57 +226,6 @@ pub fn prepare_root(sys: &mut dyn Syscalls, plan: &MountPlan) -> Result<(), Setu
         bind_readonly(sys, Path::new("/sys"), &sysdir)
             .map_err(|e| SetupError::MountSys(e.into()))?;
     }
-    if !plan.cgroups.is_empty() {
-        let cg = sysdir.join("fs/cgroup");
-        let fail = |e: Errno| SetupError::MountCgroup {
-            path: cg.clone(),
-            errno: e.into(),
-        };
-        let v2_only = plan.cgroups.len() == 1 && plan.cgroups[0].dir.is_empty();
-        if !v2_only {
-            sys.mount(
-                Some(Path::new("tmpfs")),
-                &cg,
-                Some("tmpfs"),
-                NOSUID_NODEV_NOEXEC,
-                Some("mode=755"),
-            )
-            .map_err(fail)?;
-        }
-        for m in &plan.cgroups {
-            let target = if m.dir.is_empty() {
-                cg.clone()
-            } else {
-                cg.join(&m.dir)
-            };
-            let fail = |e: Errno| SetupError::MountCgroup {
-                path: target.clone(),
-                errno: e.into(),
-            };
-            if !m.dir.is_empty() {
-                sys.mkdir_all(&target, 0o755).map_err(fail)?;
-            }
-            let data = (!m.options.is_empty()).then_some(m.options.as_str());
-            sys.mount(
-                Some(Path::new("cgroup")),
-                &target,
-                Some(&m.fstype),
-                ro,
-                data,
-            )
-            .map_err(fail)?;
-        }
-        if !v2_only {
-            sys.mount(
-                None,
-                &cg,
-                None,
-                MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
-                Some("mode=755"),
-            )
-            .map_err(fail)?;
-        }
-    }
 
     for (name, src) in &plan.etc_files {
         let target = file_target(sys, root, &format!("etc/{name}"))?;
@@ -285,6 +234,70 @@ pub fn prepare_root(sys: &mut dyn Syscalls, plan: &MountPlan) -> Result<(), Setu
                 path: target.clone(),
                 errno: e.into(),
             })?;
+    }
+    Ok(())
+}
+
+/// Mounts the cgroup hierarchies at `cg` (`/sys/fs/cgroup`, after pivot_root): a read-only tmpfs with one
+/// read-only mount per hierarchy, or the v2 hierarchy itself on a pure v2 host. Runs after the container
+/// joined its cgroup and unshared its cgroup namespace, so each hierarchy shows the container's cgroup as
+/// its root.
+pub fn mount_cgroups(
+    sys: &mut dyn Syscalls,
+    plan: &MountPlan,
+    cg: &Path,
+) -> Result<(), SetupError> {
+    if plan.cgroups.is_empty() {
+        return Ok(());
+    }
+    let ro = MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC;
+    let fail = |e: Errno| SetupError::MountCgroup {
+        path: cg.to_path_buf(),
+        errno: e.into(),
+    };
+    let v2_only = plan.cgroups.len() == 1 && plan.cgroups[0].dir.is_empty();
+    if !v2_only {
+        sys.mount(
+            Some(Path::new("tmpfs")),
+            cg,
+            Some("tmpfs"),
+            NOSUID_NODEV_NOEXEC,
+            Some("mode=755"),
+        )
+        .map_err(fail)?;
+    }
+    for m in &plan.cgroups {
+        let target = if m.dir.is_empty() {
+            cg.to_path_buf()
+        } else {
+            cg.join(&m.dir)
+        };
+        let fail = |e: Errno| SetupError::MountCgroup {
+            path: target.clone(),
+            errno: e.into(),
+        };
+        if !m.dir.is_empty() {
+            sys.mkdir_all(&target, 0o755).map_err(fail)?;
+        }
+        let data = (!m.options.is_empty()).then_some(m.options.as_str());
+        sys.mount(
+            Some(Path::new("cgroup")),
+            &target,
+            Some(&m.fstype),
+            ro,
+            data,
+        )
+        .map_err(fail)?;
+    }
+    if !v2_only {
+        sys.mount(
+            None,
+            cg,
+            None,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | NOSUID_NODEV_NOEXEC,
+            Some("mode=755"),
+        )
+        .map_err(fail)?;
     }
     Ok(())
 }
@@ -522,10 +535,6 @@ mod tests {
             ("/r/dev/shm", "tmpfs"),
             ("/r/dev/mqueue", "mqueue"),
             ("/r/sys", "sysfs"),
-            ("/r/sys/fs/cgroup", "tmpfs"),
-            ("/r/sys/fs/cgroup/memory", "cgroup"),
-            ("/r/sys/fs/cgroup/unified", "cgroup2"),
-            ("/r/sys/fs/cgroup", ""),
             ("/r/etc/hostname", "bind:/state/hostname"),
         ];
         let got: Vec<(&str, &str)> = m.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
@@ -586,6 +595,51 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "mount /proc: EPERM: Operation not permitted"
+        );
+    }
+
+    #[test]
+    fn cgroup_hierarchies() {
+        let mut sys = fake();
+        let cg = Path::new("/sys/fs/cgroup");
+        mount_cgroups(&mut sys, &plan(), cg).unwrap();
+        let got = sys.mounts();
+        let got: Vec<(&str, &str)> = got.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("/sys/fs/cgroup", "tmpfs"),
+                ("/sys/fs/cgroup/memory", "cgroup"),
+                ("/sys/fs/cgroup/unified", "cgroup2"),
+                ("/sys/fs/cgroup", ""),
+            ]
+        );
+        // Every hierarchy is read-only; v1 gets its controllers as mount data.
+        assert!(
+            sys.calls
+                .iter()
+                .all(|c| !matches!(c, Call::Mount { fstype: Some(t), flags, .. }
+            if t.starts_with("cgroup") && !flags.contains(MsFlags::MS_RDONLY)))
+        );
+        assert!(matches!(sys.calls.last(), Some(Call::Mount { flags, .. })
+            if flags.contains(MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY)));
+        assert!(
+            sys.calls
+                .iter()
+                .any(|c| matches!(c, Call::Mount { data: Some(d), .. } if d == "memory"))
+        );
+        // A pure v2 host: the hierarchy itself, no tmpfs.
+        let mut sys = fake();
+        let mut p = plan();
+        p.cgroups = vec![CgroupMount {
+            dir: String::new(),
+            fstype: "cgroup2".into(),
+            options: String::new(),
+        }];
+        mount_cgroups(&mut sys, &p, cg).unwrap();
+        assert_eq!(
+            sys.mounts(),
+            vec![("/sys/fs/cgroup".to_string(), "cgroup2".to_string())]
         );
     }
 

@@ -315,14 +315,15 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let s = Store::open(tmp.path()).unwrap();
         let a = new_id();
-        let b = format!("{}0", &a[..63]);
+        let last = if a.ends_with('0') { '1' } else { '0' };
+        let b = format!("{}{last}", &a[..63]);
         assert_eq!(a.len(), 64);
         s.create(&a, "web").unwrap();
         assert!(matches!(s.create(&b, "web"), Err(Error::NameInUse { id, .. }) if id == a));
         s.create(&b, "db").unwrap();
         assert_eq!(s.resolve("web").unwrap(), a);
         assert_eq!(s.resolve(&b).unwrap(), b);
-        assert!(matches!(s.resolve(&a[..10]), Err(Error::Ambiguous(_))) || a[..10] != b[..10]);
+        assert!(matches!(s.resolve(&a[..10]), Err(Error::Ambiguous(_))));
         assert!(matches!(s.resolve("nope"), Err(Error::NoSuchContainer(_))));
         s.remove(&a, "web").unwrap();
         assert!(s.resolve("web").is_err());
