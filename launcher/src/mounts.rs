@@ -92,7 +92,7 @@ pub struct MountPlan {
     /// Mount a new sysfs (own network namespace or real root); otherwise bind the host's /sys read-only.
     pub new_sysfs: bool,
     pub cgroups: Vec<CgroupMount>,
-    /// Files bound over /etc/<name>: (name, source on the host).
+    /// Files bound over `/etc/<name>`: (name, source on the host).
     pub etc_files: Vec<(String, PathBuf)>,
     pub read_only: bool,
 }
