@@ -126,7 +126,10 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         caps: capabilities::resolve(&o.cap_add, &o.cap_drop)?,
         limits,
         log,
-        winsize: if o.tty { terminal::size() } else { None },
+        // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
+        winsize: o
+            .tty
+            .then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),
         rootless: !nix::unistd::geteuid().is_root(),
     })
 }

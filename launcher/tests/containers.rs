@@ -294,6 +294,11 @@ fn streams_and_logs() {
     assert_eq!(ok(&o), "line one\nline two\ndone\n");
     // Without -i, stdin is /dev/null.
     assert_eq!(ok(&env.run(&["--rm"], &["cat"])), "");
+    // -t without a caller terminal: a pty of 24x80 (not 0x0), output with the pty's CRLF.
+    assert_eq!(
+        ok(&env.run(&["--rm", "-t"], &["sh", "-c", "stty size; tty"])),
+        "24 80\r\n/dev/pts/0\r\n"
+    );
 
     // logs: both streams, partial lines joined, k8s-file format on disk.
     let logs = env.launcher(&["logs", "s1"]);
