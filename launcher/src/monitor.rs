@@ -97,13 +97,6 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
         Ok(s) => s,
         Err(e) => {
             let code = e.exit_code();
-            let _ = proto::send_frame(
-                birth.as_fd(),
-                &Frame::Failed {
-                    message: e.to_string(),
-                    code,
-                },
-            );
             state.status = Status::Exited;
             state.error = Some(e.to_string());
             state.exit_code = Some(code);
@@ -113,6 +106,14 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
             if state.config.remove {
                 let _ = store.remove(&state.id, &state.name);
             }
+            // Report last: when the CLI returns, nothing of the container is left to race with.
+            let _ = proto::send_frame(
+                birth.as_fd(),
+                &Frame::Failed {
+                    message: e.to_string(),
+                    code,
+                },
+            );
             return code;
         }
     };
@@ -148,18 +149,19 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let _ = std::fs::write(dir.join(EXIT_FILE), info.code.to_string());
     let _ = store.save(&state);
     let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
-    let exit = Frame::Exit(info).encode();
-    for c in &mut clients {
-        c.queue(exit.clone());
-        c.flush_blocking(Duration::from_secs(2));
-    }
-    drop(clients);
     let _ = started.cgroup.remove();
     if let Some(root) = started.root {
         let _ = root.release();
     }
     if state.config.remove {
         let _ = store.remove(&state.id, &state.name);
+    }
+    // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
+    // by `rm`, must not race with the monitor.
+    let exit = Frame::Exit(info).encode();
+    for c in &mut clients {
+        c.queue(exit.clone());
+        c.flush_blocking(Duration::from_secs(2));
     }
     0
 }

@@ -442,6 +442,12 @@ fn lifecycle() {
     let id = env.detach(&[], &["sleep", "1000"]);
     ok(&env.launcher(&["rm", "-f", &id]));
     assert_eq!(code(&env.launcher(&["inspect", &id])), 1);
+    // A foreground --rm has removed everything when it returns: the name is free at once.
+    ok(&env.run(&["--rm", "--name", "again"], &["true"]));
+    ok(&env.run(&["--rm", "--name", "again"], &["true"]));
+    let o = env.run(&["--rm", "--name", "again", "-u", "nobody"], &["true"]);
+    assert_eq!(code(&o), 125);
+    ok(&env.run(&["--rm", "--name", "again"], &["true"]));
     // --rm removes the state of a detached container when it ends.
     let id = env.detach(&["--rm"], &["true"]);
     env.wait_for("the --rm container to disappear", || {

@@ -98,6 +98,30 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A failed test must not leave containers behind: force-remove whatever is left in the state roots
+    /// (the rootless test keeps its own under `xdg/layerfs`).
+    fn drop(&mut self) {
+        for root in [self.state.clone(), self.tmp.path().join("xdg/layerfs")] {
+            let Ok(dir) = std::fs::read_dir(root.join("containers")) else {
+                continue;
+            };
+            let ids: Vec<String> = dir
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut c = Command::new(env!("CARGO_BIN_EXE_launcher"));
+            c.env("LAUNCHER_ROOT", &root).arg("rm").arg("-f").args(&ids);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let _ = c.status();
+        }
+    }
+}
+
 pub fn wait_for(what: &str, cond: &mut dyn FnMut() -> bool) {
     let end = Instant::now() + TIMEOUT;
     while !cond() {
