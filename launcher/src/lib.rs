@@ -1,1 +1,31 @@
-//! Runs processes in containers (see ARCHITECTURE.md).
+//! Runs processes in containers: namespaces, cgroups, a pty or pipes, logs, and a per-container monitor.
+//!
+//! Module map:
+//! - [`client`]: the commands (`run`, `ps`, `stop`, `kill`, `wait`, `logs`, `attach`, `rm`, `inspect`).
+//! - [`monitor`]: the per-container monitor process (conmon's job): starts the container, relays and logs
+//!   its streams, serves the attach socket, records the exit, cleans up.
+//! - [`init`]: the container side after clone: mounts, hostname, loopback, pty, user, capabilities, exec,
+//!   and the `--init` reaper.
+//! - [`mounts`]: the mount sequence over the [`sys::Syscalls`] seam (unit-tested with a recording fake).
+//! - [`cgroups`]: v1, v2 and hybrid cgroups; [`capabilities`], [`user`]: credentials.
+//! - [`rootfs`]: where the root filesystem comes from (a directory today, a layerfs mount later).
+//! - [`state`], [`logs`], [`proto`], [`terminal`], [`config`], [`error`].
+//! - [`sys`]: the only module with `unsafe`.
+
+pub mod capabilities;
+pub mod cgroups;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod init;
+pub mod logs;
+pub mod monitor;
+pub mod mounts;
+pub mod proto;
+pub mod rootfs;
+pub mod state;
+pub mod sys;
+pub mod terminal;
+pub mod user;
+
+pub use error::{Error, Result};

@@ -1,0 +1,101 @@
+//! `-u USER[:GROUP]` resolved against the container's own /etc/passwd and /etc/group.
+
+use crate::error::SetupError;
+
+/// A resolved user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups (from /etc/group; the primary group is not repeated).
+    pub groups: Vec<u32>,
+    pub home: String,
+}
+
+struct PasswdEntry<'a> {
+    name: &'a str,
+    uid: u32,
+    gid: u32,
+    home: &'a str,
+}
+
+fn passwd_entries(passwd: &str) -> impl Iterator<Item = PasswdEntry<'_>> {
+    passwd.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 7 {
+            return None;
+        }
+        Some(PasswdEntry { name: f[0], uid: f[2].parse().ok()?, gid: f[3].parse().ok()?, home: f[5] })
+    })
+}
+
+fn group_entries(group: &str) -> impl Iterator<Item = (&str, u32, Vec<&str>)> {
+    group.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.len() < 4 {
+            return None;
+        }
+        let members = f[3].split(',').filter(|m| !m.is_empty()).collect();
+        Some((f[0], f[2].parse().ok()?, members))
+    })
+}
+
+/// Resolves `spec` (`None`: root) like docker/runc: numeric ids need no passwd entry (then gid 0, home /),
+/// names must exist; supplementary groups are the groups listing the user.
+pub fn resolve(spec: Option<&str>, passwd: &str, group: &str) -> Result<User, SetupError> {
+    let spec = spec.unwrap_or("0");
+    let (u, g) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let entry = match u.parse::<u32>() {
+        Ok(uid) => passwd_entries(passwd).find(|e| e.uid == uid),
+        Err(_) => {
+            Some(passwd_entries(passwd).find(|e| e.name == u).ok_or_else(|| SetupError::UnknownUser(u.to_string()))?)
+        }
+    };
+    let (uid, mut gid, home, name) = match (&entry, u.parse::<u32>()) {
+        (Some(e), _) => (e.uid, e.gid, e.home.to_string(), Some(e.name)),
+        (None, Ok(uid)) => (uid, 0, "/".to_string(), None),
+        (None, Err(_)) => return Err(SetupError::UnknownUser(u.to_string())),
+    };
+    if let Some(g) = g {
+        gid = match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => group_entries(group)
+                .find(|(n, _, _)| *n == g)
+                .map(|(_, id, _)| id)
+                .ok_or_else(|| SetupError::UnknownGroup(g.to_string()))?,
+        };
+    }
+    let mut groups = Vec::new();
+    if let Some(name) = name {
+        for (_, id, members) in group_entries(group) {
+            if members.contains(&name) && id != gid && !groups.contains(&id) {
+                groups.push(id);
+            }
+        }
+    }
+    Ok(User { uid, gid, groups, home })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nbad line\n";
+    const GROUP: &str = "root:x:0:\nwww:x:33:\nstaff:x:50:www,other\nvideo:x:44:www\n";
+
+    #[test]
+    fn resolution() {
+        let root = resolve(None, PASSWD, GROUP).unwrap();
+        assert_eq!(root, User { uid: 0, gid: 0, groups: vec![], home: "/root".into() });
+        let www = resolve(Some("www"), PASSWD, GROUP).unwrap();
+        assert_eq!(www, User { uid: 33, gid: 33, groups: vec![50, 44], home: "/var/www".into() });
+        let n = resolve(Some("1000:1001"), PASSWD, GROUP).unwrap();
+        assert_eq!(n, User { uid: 1000, gid: 1001, groups: vec![], home: "/".into() });
+        assert_eq!(resolve(Some("33:staff"), PASSWD, GROUP).unwrap().gid, 50);
+        assert_eq!(resolve(Some("nobody"), PASSWD, GROUP), Err(SetupError::UnknownUser("nobody".into())));
+        assert_eq!(resolve(Some("0:nogroup"), PASSWD, GROUP), Err(SetupError::UnknownGroup("nogroup".into())));
+    }
+}

@@ -1,0 +1,198 @@
+//! Shared helpers for the container tests: a busybox root filesystem built in a temp dir, a private state
+//! root per test, and commands with generous timeouts. Tests that cannot run here fail with the reason.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Generous timeout for one command on a busy 2-core machine.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Fails the test unless we are root (CI runs as root).
+pub fn require_root() {
+    assert!(nix::unistd::geteuid().is_root(), "these tests run real containers and need root (CI runs them as root)");
+}
+
+/// The static busybox that the test root filesystems are made of.
+pub fn busybox() -> PathBuf {
+    for p in ["/bin/busybox", "/usr/bin/busybox"] {
+        if Path::new(p).exists() {
+            return p.into();
+        }
+    }
+    panic!("busybox not found: install busybox-static (see launcher/ci-packages.txt)");
+}
+
+/// A test environment: a root filesystem and a state root, both removed at the end.
+pub struct Env {
+    pub tmp: tempfile::TempDir,
+    pub rootfs: PathBuf,
+    pub state: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        require_root();
+        let tmp = tempfile::Builder::new().prefix("launcher-test").tempdir().unwrap();
+        let rootfs = tmp.path().join("rootfs");
+        make_rootfs(&rootfs);
+        let state = tmp.path().join("state");
+        Env { tmp, rootfs, state }
+    }
+
+    /// `launcher ARGS` with this environment's state root.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_launcher"));
+        c.env("LAUNCHER_ROOT", &self.state).args(args).stdin(Stdio::null());
+        c
+    }
+
+    /// `launcher run --rootfs R ARGS...` (options first, then the command).
+    pub fn run(&self, opts: &[&str], cmd: &[&str]) -> Output {
+        let mut args: Vec<&str> = vec!["run"];
+        args.extend_from_slice(opts);
+        let r = self.rootfs.to_str().unwrap();
+        args.extend_from_slice(&["--rootfs", r]);
+        args.extend_from_slice(cmd);
+        output(self.cmd(&args))
+    }
+
+    /// Runs `launcher ARGS` and returns its output.
+    pub fn launcher(&self, args: &[&str]) -> Output {
+        output(self.cmd(args))
+    }
+
+    /// Starts a detached container and returns its id.
+    pub fn detach(&self, opts: &[&str], cmd: &[&str]) -> String {
+        let mut o = vec!["-d"];
+        o.extend_from_slice(opts);
+        let out = self.run(&o, cmd);
+        assert_eq!(code(&out), 0, "run -d failed: {}", stderr(&out));
+        let id = stdout(&out).trim().to_string();
+        assert_eq!(id.len(), 64, "run -d must print the id: {id:?}");
+        id
+    }
+
+    /// The JSON of `inspect` for one container.
+    pub fn inspect(&self, r: &str) -> serde_json::Value {
+        let out = self.launcher(&["inspect", r]);
+        assert_eq!(code(&out), 0, "inspect {r}: {}", stderr(&out));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v[0].clone()
+    }
+
+    /// Polls `cond` until it holds, failing after `TIMEOUT` with `what`.
+    pub fn wait_for(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        wait_for(what, &mut cond)
+    }
+}
+
+impl Drop for Env {
+    /// A failed test must not leave containers behind: force-remove whatever is left in the state roots
+    /// (the rootless test keeps its own under `xdg/layerfs`).
+    fn drop(&mut self) {
+        for root in [self.state.clone(), self.tmp.path().join("xdg/layerfs")] {
+            let Ok(dir) = std::fs::read_dir(root.join("containers")) else {
+                continue;
+            };
+            let ids: Vec<String> = dir.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let mut c = Command::new(env!("CARGO_BIN_EXE_launcher"));
+            c.env("LAUNCHER_ROOT", &root).arg("rm").arg("-f").args(&ids);
+            c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+            let _ = c.status();
+        }
+    }
+}
+
+pub fn wait_for(what: &str, cond: &mut dyn FnMut() -> bool) {
+    let end = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Builds a busybox root filesystem: /bin/busybox plus a link per applet, /etc/passwd and /etc/group.
+pub fn make_rootfs(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for d in ["etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox(), bin.join("busybox")).unwrap();
+    let list = Command::new(busybox()).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" && !applet.is_empty() {
+            let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+        }
+    }
+    std::os::unix::fs::symlink("bin", root.join("sbin")).unwrap();
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\nstaff:x:50:user\n").unwrap();
+    let mut perm = std::fs::metadata(root.join("tmp")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o1777);
+    std::fs::set_permissions(root.join("tmp"), perm).unwrap();
+}
+
+/// Runs a command to completion with a timeout (the child is killed and the test fails on timeout).
+pub fn output(mut c: Command) -> Output {
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn launcher");
+    finish(child, None)
+}
+
+/// Runs a command with `input` on its stdin.
+pub fn output_with_input(mut c: Command, input: &[u8]) -> Output {
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().expect("spawn launcher");
+    finish(child, Some(input.to_vec()))
+}
+
+fn finish(mut child: Child, input: Option<Vec<u8>>) -> Output {
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(r) => r.expect("wait for launcher"),
+        Err(_) => {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            panic!("launcher (pid {pid}) did not finish within {TIMEOUT:?}");
+        }
+    }
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or_else(|| panic!("killed by a signal: {:?}", o.status))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(o: &Output) -> String {
+    assert_eq!(code(o), 0, "failed: stdout {:?} stderr {:?}", stdout(o), stderr(o));
+    stdout(o)
+}
