@@ -41,7 +41,7 @@ enum Cmd {
     Import {
         /// The source.
         source: PathBuf,
-        /// The image's name: NAME[:TAG].
+        /// The image's name: NAME or NAME:TAG (the tag defaults to latest).
         #[arg(short, long)]
         tag: String,
         /// Files of at least this many bytes become shared objects (smaller stay in the layer).
