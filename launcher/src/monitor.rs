@@ -274,10 +274,15 @@ fn start_in(
     };
     drop(child_sock);
     drop(stdio);
+    // As root the child mounts before it waits for GO, so it may have failed (and reported why) while we
+    // joined the cgroup or created the veth: then GO meets a closed socket. Its report wins over ours.
     let fail = |e: Error| {
         let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = nix::sys::wait::waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-        e
+        match proto::pending_failure(parent_sock.as_fd()) {
+            Some(se) => Error::Setup(se),
+            None => e,
+        }
     };
     if cfg.rootless {
         write_id_maps(pid).map_err(fail)?;
