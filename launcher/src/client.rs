@@ -16,6 +16,7 @@ use crate::config::{self, ContainerConfig, Limits, LogConfig, NetMode};
 use crate::error::{Error, Result};
 use crate::logs::{self, Line, ReadOptions, Stream};
 use crate::monitor;
+use crate::mounts::UserMount;
 use crate::proto::{self, Frame};
 use crate::rootfs::RootFsSpec;
 use crate::state::{self, State, Status, Store};
@@ -45,6 +46,10 @@ pub struct RunOptions {
     pub rootfs: PathBuf,
     pub log_max_size: Option<String>,
     pub log_max_files: Option<u32>,
+    /// `-v HOST:CTR[:ro|rw]`.
+    pub volumes: Vec<String>,
+    /// `--tmpfs CTR[:OPTS]`.
+    pub tmpfs: Vec<String>,
     pub args: Vec<String>,
 }
 
@@ -85,6 +90,19 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
             "the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
     }
+    let here = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
+    let mut mounts = Vec::new();
+    for v in &o.volumes {
+        mounts.push(UserMount::parse_volume(v, &here).map_err(Error::InvalidArgument)?);
+    }
+    for t in &o.tmpfs {
+        mounts.push(UserMount::parse_tmpfs(t).map_err(Error::InvalidArgument)?);
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|p| p.destination() == m.destination()) {
+            return Err(Error::InvalidArgument(format!("duplicate mount point: {}", m.destination().display())));
+        }
+    }
     let log = LogConfig {
         max_size: o.log_max_size.as_deref().map(config::parse_size).transpose()?,
         max_files: o.log_max_files.unwrap_or(1),
@@ -111,6 +129,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
         winsize: o.tty.then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),
         rootless: !nix::unistd::geteuid().is_root(),
+        mounts,
     })
 }
 

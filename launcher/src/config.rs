@@ -98,6 +98,9 @@ pub struct ContainerConfig {
     pub winsize: Option<WinSize>,
     /// Run in a user namespace mapping the caller's uid and gid to root.
     pub rootless: bool,
+    /// `-v` and `--tmpfs`.
+    #[serde(default)]
+    pub mounts: Vec<crate::mounts::UserMount>,
 }
 
 /// Parses a docker size: `512`, `100k`, `64m`, `1g`, `1.5g` (binary units, optional trailing `b`).

@@ -62,6 +62,12 @@ pub enum SetupError {
     MountCgroup { path: PathBuf, errno: Errno },
     #[error("bind {path}: {errno}")]
     BindFile { path: PathBuf, errno: Errno },
+    #[error("bind volume {path}: {errno}")]
+    Volume { path: PathBuf, errno: Errno },
+    #[error("make volume {path} read-only (recursively): {errno}")]
+    VolumeReadOnly { path: PathBuf, errno: Errno },
+    #[error("mount tmpfs {path}: {errno}")]
+    Tmpfs { path: PathBuf, errno: Errno },
     #[error("pivot_root: {0}")]
     PivotRoot(Errno),
     #[error("detach old root: {0}")]

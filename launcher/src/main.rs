@@ -142,6 +142,12 @@ struct RunArgs {
     /// Rotated log files to keep
     #[arg(long)]
     log_max_files: Option<u32>,
+    /// Bind mount a host path: HOST:CTR[:ro|rw] (repeatable)
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// Mount a tmpfs: CTR[:OPTS], e.g. /run:size=64m,mode=1777 (repeatable)
+    #[arg(long)]
+    tmpfs: Vec<String>,
     /// Command and arguments (default /bin/sh)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -182,6 +188,8 @@ fn main() -> ExitCode {
                 rootfs: a.rootfs,
                 log_max_size: a.log_max_size,
                 log_max_files: a.log_max_files,
+                volumes: a.volumes,
+                tmpfs: a.tmpfs,
                 args: a.args,
             },
         ),

@@ -223,6 +223,7 @@ fn start_in(
         cgroups: if cfg.rootless { Vec::new() } else { layout.container_mounts() },
         etc_files,
         read_only: cfg.read_only,
+        user_mounts: cfg.mounts.clone(),
     };
     // Pipes: (container end, monitor end).
     let (stdio, mut stdin_w, mut outputs) = if cfg.tty {

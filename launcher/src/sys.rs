@@ -245,6 +245,38 @@ pub fn mount_flags_of(path: &Path) -> nix::Result<MsFlags> {
     Ok(out)
 }
 
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY` (not in libc yet).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `mount_setattr(path, AT_RECURSIVE, MOUNT_ATTR_RDONLY)`: the mount at `path` and every mount below it become
+/// read-only in one step (Linux 5.12+), unlike a `MS_REMOUNT|MS_BIND|MS_RDONLY` that only changes the top one.
+pub fn mount_setattr_rdonly_recursive(path: &Path) -> nix::Result<()> {
+    let c = cpath(path)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: `c` is a NUL-terminated path and `attr` a live `struct mount_attr` whose exact size is passed;
+    // the kernel only reads both.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// `execve(2)`; returns only on failure.
 pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> Errno {
     match nix::unistd::execve(path, argv, envp) {
@@ -288,8 +320,12 @@ pub trait Syscalls {
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result<()>;
     /// `lstat` reduced to a kind; `None` when nothing is there.
     fn kind(&mut self, path: &Path) -> Option<FileKind>;
+    /// `stat` (symlinks followed) reduced to a kind; `None` when nothing is there.
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind>;
     /// `readlink`.
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf>;
+    /// Makes the mount at `path` and every mount below it read-only (see [`mount_setattr_rdonly_recursive`]).
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()>;
     /// Flags of the mount holding `path` (see [`mount_flags_of`]).
     fn mount_flags(&mut self, path: &Path) -> nix::Result<MsFlags>;
 }
@@ -360,8 +396,21 @@ impl Syscalls for LinuxSys {
             FileKind::Other
         })
     }
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind> {
+        let ft = std::fs::metadata(path).ok()?.file_type();
+        Some(if ft.is_dir() {
+            FileKind::Dir
+        } else if ft.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        })
+    }
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf> {
         std::fs::read_link(path).map_err(io_errno)
+    }
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()> {
+        mount_setattr_rdonly_recursive(path)
     }
     fn mount_flags(&mut self, path: &Path) -> nix::Result<MsFlags> {
         mount_flags_of(path)
@@ -384,6 +433,7 @@ pub enum Call {
     Touch(PathBuf),
     Symlink { target: PathBuf, link: PathBuf },
     Mknod { path: PathBuf, major: u64, minor: u64 },
+    ReadonlyRecursive(PathBuf),
 }
 
 /// A fake kernel for unit tests: records every call, answers lookups from `files`, and fails the calls
@@ -484,8 +534,15 @@ impl Syscalls for RecordingSys {
     fn kind(&mut self, path: &Path) -> Option<FileKind> {
         self.files.get(path).copied()
     }
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind> {
+        self.files.get(path).copied()
+    }
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf> {
         self.links.get(path).cloned().ok_or(Errno::EINVAL)
+    }
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()> {
+        self.calls.push(Call::ReadonlyRecursive(path.to_path_buf()));
+        Ok(())
     }
     fn mount_flags(&mut self, _path: &Path) -> nix::Result<MsFlags> {
         Ok(self.flags)
