@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::logs::{self, Line, ReadOptions, Stream};
 use crate::monitor;
 use crate::mounts::UserMount;
+use crate::network;
 use crate::proto::{self, Frame};
 use crate::rootfs::RootFsSpec;
 use crate::state::{self, State, Status, Store};
@@ -39,6 +40,8 @@ pub struct RunOptions {
     pub cpus: Option<String>,
     pub pids_limit: Option<i64>,
     pub net: Option<String>,
+    /// `--subnet` for `--net bridge` (`None`: `LAUNCHER_SUBNET` or the default).
+    pub subnet: Option<String>,
     pub read_only: bool,
     pub init: bool,
     pub cap_add: Vec<String>,
@@ -82,6 +85,18 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         },
     };
     let net: NetMode = o.net.as_deref().unwrap_or("none").parse()?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let bridge = match net {
+        NetMode::Bridge if rootless => {
+            return Err(Error::InvalidArgument(
+                "--net bridge needs root (rootless containers can use --net none or host)".into(),
+            ));
+        }
+        NetMode::Bridge => {
+            Some(network::BridgeConfig::new(o.subnet.as_deref(), std::env::var("LAUNCHER_BRIDGE").ok())?)
+        }
+        _ => None,
+    };
     let args = if o.args.is_empty() { vec!["/bin/sh".to_string()] } else { o.args.clone() };
     let env = config::build_env(&hostname, o.tty, &o.env, |k| std::env::var(k).ok())?;
     let cwd = o.workdir.clone().unwrap_or_else(|| "/".into());
@@ -121,6 +136,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         detach: o.detach,
         remove: o.remove,
         net,
+        bridge,
         read_only: o.read_only,
         init: o.init,
         caps: capabilities::resolve(&o.cap_add, &o.cap_drop)?,
@@ -128,7 +144,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         log,
         // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
         winsize: o.tty.then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),
-        rootless: !nix::unistd::geteuid().is_root(),
+        rootless,
         mounts,
     })
 }
@@ -411,9 +427,12 @@ pub fn rm(store_root: &Path, refs: &[String], force: bool) -> Result<i32> {
             let _ = signal(&store, &st, libc::SIGKILL);
             wait_exit(&store, &st.id, Some(Duration::from_secs(30)))?;
         }
-        // A monitor that died uncleanly leaves its cgroup behind.
+        // A monitor that died uncleanly leaves its cgroup and its veth behind.
         if !st.monitor_alive() {
             let _ = st.cgroup.remove();
+            if st.config.net == NetMode::Bridge {
+                let _ = network::release_stale(&store.root, &st.id);
+            }
         }
         store.remove(&st.id, &st.name)?;
         println!("{r}");

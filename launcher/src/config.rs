@@ -19,6 +19,15 @@ pub enum NetMode {
     None,
     /// The host's network namespace.
     Host,
+    /// Own network namespace with `eth0`, one end of a veth pair whose other end is on a host bridge.
+    Bridge,
+}
+
+impl NetMode {
+    /// Whether the container gets its own network namespace.
+    pub fn own_netns(self) -> bool {
+        self != NetMode::Host
+    }
 }
 
 impl std::str::FromStr for NetMode {
@@ -27,7 +36,10 @@ impl std::str::FromStr for NetMode {
         match s {
             "none" => Ok(NetMode::None),
             "host" => Ok(NetMode::Host),
-            other => Err(Error::InvalidArgument(format!("network mode {other:?} is not supported (use none or host)"))),
+            "bridge" => Ok(NetMode::Bridge),
+            other => Err(Error::InvalidArgument(format!(
+                "network mode {other:?} is not supported (use none, host or bridge)"
+            ))),
         }
     }
 }
@@ -88,6 +100,9 @@ pub struct ContainerConfig {
     pub detach: bool,
     pub remove: bool,
     pub net: NetMode,
+    /// The bridge and subnet for [`NetMode::Bridge`].
+    #[serde(default)]
+    pub bridge: Option<crate::network::BridgeConfig>,
     pub read_only: bool,
     pub init: bool,
     /// Final capability names (`CAP_...`).

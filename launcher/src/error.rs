@@ -78,6 +78,8 @@ pub enum SetupError {
     ReadonlyPath { path: PathBuf, errno: Errno },
     #[error("remount / read-only: {0}")]
     ReadonlyRoot(Errno),
+    #[error("network: {step}: {errno}")]
+    Network { step: String, errno: Errno },
     #[error("sethostname: {0}")]
     Hostname(Errno),
     #[error("bring loopback up: {0}")]
@@ -181,6 +183,8 @@ pub enum Error {
     Rootfs { path: PathBuf, reason: String },
     #[error("cgroups: {0}")]
     Cgroup(#[from] CgroupError),
+    #[error("network: {step}: {errno}")]
+    Network { step: String, errno: Errno },
     #[error("{step}: {errno}")]
     Sys { step: &'static str, errno: Errno },
     #[error("{step}: {source}")]

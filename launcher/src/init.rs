@@ -20,6 +20,7 @@ use crate::capabilities;
 use crate::config::{ContainerConfig, env_get};
 use crate::error::SetupError;
 use crate::mounts::{self, MountPlan};
+use crate::network::{self, Attachment};
 use crate::proto::{self, ChildMsg};
 use crate::sys::{self, LinuxSys};
 use crate::user;
@@ -40,6 +41,8 @@ pub struct Child<'a> {
     pub sock: OwnedFd,
     pub stdio: Stdio,
     pub new_netns: bool,
+    /// `--net bridge`: configure `eth0` (the monitor created it before releasing us).
+    pub network: Option<&'a Attachment>,
     pub cgroupns: bool,
 }
 
@@ -95,6 +98,9 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
     if child.new_netns {
         sys::interface_up("lo").map_err(|e| SetupError::Loopback(e.into()))?;
+    }
+    if let Some(att) = child.network {
+        network::configure_container(att).map_err(|(step, e)| SetupError::Network { step, errno: e.into() })?;
     }
     if let Stdio::Tty = child.stdio {
         setup_tty(child)?;

@@ -8,6 +8,7 @@
 //!   and the `--init` reaper.
 //! - [`mounts`]: the mount sequence over the [`sys::Syscalls`] seam (unit-tested with a recording fake).
 //! - [`cgroups`]: v1, v2 and hybrid cgroups; [`capabilities`], [`user`]: credentials.
+//! - [`network`]: `--net bridge` (bridge, veth, address leases) over [`netlink`] (rtnetlink requests).
 //! - [`rootfs`]: where the root filesystem comes from (a directory today, a layerfs mount later).
 //! - [`state`], [`logs`], [`proto`], [`terminal`], [`config`], [`error`].
 //! - [`sys`]: the only module with `unsafe`.
@@ -21,6 +22,8 @@ pub mod init;
 pub mod logs;
 pub mod monitor;
 pub mod mounts;
+pub mod netlink;
+pub mod network;
 pub mod proto;
 pub mod rootfs;
 pub mod state;

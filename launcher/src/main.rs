@@ -118,9 +118,12 @@ struct RunArgs {
     /// Tune the container pids limit (-1 for unlimited)
     #[arg(long, allow_hyphen_values = true)]
     pids_limit: Option<i64>,
-    /// Network mode: none (own namespace, loopback up) or host
+    /// Network mode: none (own namespace, loopback up), host, or bridge (veth on the lfs0 bridge)
     #[arg(long, alias = "network")]
     net: Option<String>,
+    /// Subnet of the bridge for --net bridge (default 10.209.0.0/16)
+    #[arg(long, env = "LAUNCHER_SUBNET")]
+    subnet: Option<String>,
     /// Mount the container's root filesystem as read only
     #[arg(long)]
     read_only: bool,
@@ -181,6 +184,7 @@ fn main() -> ExitCode {
                 cpus: a.cpus,
                 pids_limit: a.pids_limit,
                 net: a.net,
+                subnet: a.subnet,
                 read_only: a.read_only,
                 init: a.init,
                 cap_add: a.cap_add,

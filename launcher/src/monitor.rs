@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::init::{self, Stdio};
 use crate::logs::{LOG_FILE, LogWriter, Stream};
 use crate::mounts::{DevMode, MountPlan};
+use crate::network::{self, Attachment};
 use crate::proto::{self, ChildMsg, ExitInfo, Frame};
 use crate::rootfs::PreparedRoot;
 use crate::state::{State, Status, Store, now_rfc3339, process_start_time};
@@ -89,7 +90,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     state.monitor_start = process_start_time(me);
     let _ = store.save(&state);
 
-    let started = match start(&state.config, dir) {
+    let started = match start(store, &state.config, dir) {
         Ok(s) => s,
         Err(e) => {
             let code = e.exit_code();
@@ -111,6 +112,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     state.pid = Some(started.pid);
     state.started_at = Some(now_rfc3339());
     state.cgroup = started.cgroup.clone();
+    state.network = started.network.clone();
     // Listen before anyone learns that the container runs: `stop` right after `run -d` must find the socket.
     let listener = socket_path(dir, ATTACH_SOCKET).and_then(|(_keep, p)| UnixSeqpacket::bind(&p)).ok();
     let _ = store.save(&state);
@@ -130,6 +132,9 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let _ = store.save(&state);
     let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
     let _ = started.cgroup.remove();
+    if let Some(att) = &started.network {
+        let _ = network::release(&store.root, &state.id, att);
+    }
     if let Some(root) = started.root {
         let _ = root.release();
     }
@@ -158,6 +163,8 @@ struct Started {
     outputs: Vec<(OwnedFd, Stream)>,
     /// The pty master, for resizes.
     pty: Option<OwnedFd>,
+    /// `--net bridge`: the veth and address to release.
+    network: Option<Attachment>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -165,12 +172,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into its state directory.
-fn write_etc_files(cfg: &ContainerConfig, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let hosts = match cfg.net {
-        NetMode::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        NetMode::None => {
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", cfg.hostname)
-        }
+fn write_etc_files(cfg: &ContainerConfig, dir: &Path, att: Option<&Attachment>) -> Result<Vec<(String, PathBuf)>> {
+    let local = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+    let hosts = match (cfg.net, att) {
+        (NetMode::Host, _) => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        (_, Some(a)) => format!("{local}{}\t{}\n", a.address, cfg.hostname),
+        _ => format!("{local}127.0.1.1\t{}\n", cfg.hostname),
     };
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out = Vec::new();
@@ -182,7 +189,7 @@ fn write_etc_files(cfg: &ContainerConfig, dir: &Path) -> Result<Vec<(String, Pat
     Ok(out)
 }
 
-fn start(cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
+fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
     let layout = Layout::detect()?;
     let root = cfg.rootfs.prepare(dir)?;
     let cgroup = match Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless) {
@@ -192,10 +199,22 @@ fn start(cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
             return Err(e.into());
         }
     };
-    let res = start_in(cfg, dir, &layout, &root, &cgroup);
+    let net = match &cfg.bridge {
+        Some(b) => network::allocate(&store.root, &cfg.id, b, std::process::id() as i32).map(Some),
+        None => Ok(None),
+    };
+    let res = net.and_then(|net| {
+        start_in(cfg, dir, &layout, &root, &cgroup, net.as_ref())
+            .inspect_err(|_| {
+                if let Some(att) = &net {
+                    let _ = network::release(&store.root, &cfg.id, att);
+                }
+            })
+            .map(|l| (l, net))
+    });
     match res {
-        Ok((pid, pidfd, stdin, outputs, pty)) => {
-            Ok(Started { pid, pidfd, cgroup, root: Some(root), stdin, outputs, pty })
+        Ok(((pid, pidfd, stdin, outputs, pty), network)) => {
+            Ok(Started { pid, pidfd, cgroup, root: Some(root), stdin, outputs, pty, network })
         }
         Err(e) => {
             let _ = cgroup.remove();
@@ -213,13 +232,14 @@ fn start_in(
     layout: &Layout,
     root: &PreparedRoot,
     cgroup: &Cgroup,
+    net: Option<&Attachment>,
 ) -> Result<Launched> {
-    let etc_files = write_etc_files(cfg, dir)?;
+    let etc_files = write_etc_files(cfg, dir, net)?;
     let plan = MountPlan {
         rootfs: root.path.clone(),
         dev_mode: if cfg.rootless { DevMode::Bind } else { DevMode::Mknod },
         devpts_gid: !cfg.rootless,
-        new_sysfs: !cfg.rootless || cfg.net == NetMode::None,
+        new_sysfs: !cfg.rootless || cfg.net.own_netns(),
         cgroups: if cfg.rootless { Vec::new() } else { layout.container_mounts() },
         etc_files,
         read_only: cfg.read_only,
@@ -253,7 +273,7 @@ fn start_in(
 
     let mut flags =
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if cfg.net == NetMode::None {
+    if cfg.net.own_netns() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if cfg.rootless {
@@ -267,7 +287,8 @@ fn start_in(
                 plan,
                 sock: child_sock,
                 stdio,
-                new_netns: cfg.net == NetMode::None,
+                new_netns: cfg.net.own_netns(),
+                network: net,
                 cgroupns: true,
             })
         }
@@ -289,6 +310,9 @@ fn start_in(
         write_id_maps(pid).map_err(fail)?;
     }
     cgroup.join(pid).map_err(|e| fail(e.into()))?;
+    if let Some(att) = net {
+        network::attach(att, pid).map_err(fail)?;
+    }
     proto::send(parent_sock.as_fd(), &[proto::GO], &[]).map_err(|e| fail(Error::sys("release the container", e)))?;
     let mut pty = None;
     loop {

@@ -43,6 +43,9 @@ pub struct State {
     /// Why the container failed to start.
     pub error: Option<String>,
     pub cgroup: Cgroup,
+    /// The bridge attachment (`--net bridge`).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
     pub config: ContainerConfig,
 }
 
@@ -63,6 +66,7 @@ impl State {
             oom_killed: false,
             error: None,
             cgroup: Cgroup::default(),
+            network: None,
             config,
         }
     }
