@@ -53,6 +53,8 @@ pub struct RunOptions {
     pub volumes: Vec<String>,
     /// `--tmpfs CTR[:OPTS]`.
     pub tmpfs: Vec<String>,
+    /// `--detach-keys` (off unless given).
+    pub detach_keys: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -153,18 +155,47 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
 pub fn run(store_root: &Path, o: &RunOptions) -> Result<i32> {
     let store = Store::open(store_root)?;
     let cfg = build_config(o)?;
+    let detach = detach_matcher(o.detach_keys.as_deref())?;
     // Block the forwarded signals before anything is forked: a ^C between fork and the relay loop must not
     // kill the CLI and leave the terminal raw. The monitor inherits the mask.
     let mut mask = monitor::forwarded_signals();
     mask.add(Signal::SIGWINCH);
     mask.add(Signal::SIGCHLD);
     let old = sys::block_signals(&mask).map_err(|e| Error::sys("block signals", e))?;
-    let res = run_blocked(&store, cfg, o);
+    let res = run_blocked(&store, cfg, o, detach);
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
     res
 }
 
-fn run_blocked(store: &Store, cfg: ContainerConfig, o: &RunOptions) -> Result<i32> {
+fn detach_matcher(keys: Option<&str>) -> Result<Option<terminal::DetachMatcher>> {
+    keys.map(|k| terminal::parse_detach_keys(k).map(terminal::DetachMatcher::new).map_err(Error::InvalidArgument))
+        .transpose()
+}
+
+/// How a relay ended.
+enum Relayed {
+    /// The container exited with this code.
+    Exit(i32),
+    /// The caller typed the detach keys: the container goes on.
+    Detached,
+}
+
+impl Relayed {
+    /// The CLI's exit code: the container's, or 0 after detaching.
+    fn code(self) -> i32 {
+        match self {
+            Relayed::Exit(c) => c,
+            Relayed::Detached => 0,
+        }
+    }
+}
+
+fn run_blocked(
+    store: &Store,
+    cfg: ContainerConfig,
+    o: &RunOptions,
+    detach: Option<terminal::DetachMatcher>,
+) -> Result<i32> {
     let id = cfg.id.clone();
     let sock = monitor::spawn(store, cfg)?;
     match proto::recv_frame(sock.as_fd())? {
@@ -178,11 +209,18 @@ fn run_blocked(store: &Store, cfg: ContainerConfig, o: &RunOptions) -> Result<i3
         println!("{id}");
         return Ok(0);
     }
-    relay(sock, o.tty, o.interactive, &store.dir(&id), false)
+    relay(sock, o.tty, o.interactive, &store.dir(&id), false, detach).map(Relayed::code)
 }
 
 /// Relays the caller's terminal or streams to the monitor until the container exits.
-fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: bool) -> Result<i32> {
+fn relay(
+    sock: OwnedFd,
+    tty: bool,
+    interactive: bool,
+    dir: &Path,
+    send_size: bool,
+    mut detach: Option<terminal::DetachMatcher>,
+) -> Result<Relayed> {
     let mut mask = monitor::forwarded_signals();
     mask.add(Signal::SIGWINCH);
     sys::block_signals(&mask).map_err(|e| Error::sys("block signals", e))?;
@@ -233,8 +271,18 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                     let _ = proto::send_frame(sock.as_fd(), &Frame::StdinEof);
                 }
                 Ok(n) => {
-                    if proto::send_frame(sock.as_fd(), &Frame::Stdin(buf[..n].to_vec())).is_err() {
+                    let mut data = buf[..n].to_vec();
+                    let mut detached = false;
+                    if let Some(m) = detach.as_mut() {
+                        let mut pass = Vec::with_capacity(n);
+                        detached = m.feed(&buf[..n], &mut pass);
+                        data = pass;
+                    }
+                    if !data.is_empty() && proto::send_frame(sock.as_fd(), &Frame::Stdin(data)).is_err() {
                         stdin_open = false;
+                    }
+                    if detached {
+                        return Ok(Relayed::Detached);
                     }
                 }
             }
@@ -246,7 +294,7 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                 Err(_) => (0, Vec::new()),
             };
             if n == 0 {
-                return exit_code_after_eof(dir);
+                return exit_code_after_eof(dir).map(Relayed::Exit);
             }
             match Frame::decode(&fb[..n])? {
                 Frame::Stdout(d) => {
@@ -255,7 +303,7 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                 Frame::Stderr(d) => {
                     let _ = err.write_all(&d).and_then(|()| err.flush());
                 }
-                Frame::Exit(info) => return Ok(info.code),
+                Frame::Exit(info) => return Ok(Relayed::Exit(info.code)),
                 _ => {}
             }
         }
@@ -279,9 +327,10 @@ fn running(st: &State) -> bool {
     st.effective_status() == Status::Running
 }
 
-/// `attach`.
-pub fn attach(store_root: &Path, reference: &str) -> Result<i32> {
+/// `attach [--detach-keys KEYS]`.
+pub fn attach(store_root: &Path, reference: &str, detach_keys: Option<&str>) -> Result<i32> {
     let store = Store::open(store_root)?;
+    let detach = detach_matcher(detach_keys)?;
     let st = load(&store, reference)?;
     if !running(&st) {
         return Err(Error::InvalidArgument("You cannot attach to a stopped container, start it first".into()));
@@ -289,7 +338,7 @@ pub fn attach(store_root: &Path, reference: &str) -> Result<i32> {
     let dir = store.dir(&st.id);
     let sock = monitor::connect(&dir).map_err(|e| Error::io("connect to the monitor", e))?;
     proto::send_frame(sock.as_fd(), &Frame::Attach).map_err(|e| Error::sys("attach", e))?;
-    relay(sock, st.config.tty, st.config.interactive, &dir, true)
+    relay(sock, st.config.tty, st.config.interactive, &dir, true, detach).map(Relayed::code)
 }
 
 /// Waits for the container's exit up to `timeout`; `Ok(None)` on timeout.
@@ -326,13 +375,22 @@ pub fn wait_exit(store: &Store, id: &str, timeout: Option<Duration>) -> Result<O
             }
         }
     }
-    // No monitor to talk to: it is gone, or going. Poll its exit file and state for a while.
+    // No monitor to talk to: it is gone, or going. Poll its exit file and state (or, for `--rm`, its
+    // tombstone) for a while.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(code) = store.exit_code(id) {
             return Ok(Some(code));
         }
-        let st = store.load(id)?;
+        let st = match store.load(id) {
+            Ok(st) => st,
+            Err(e) => {
+                return match store.tombstone(id) {
+                    Some(t) => Ok(Some(t.exit_code)),
+                    None => Err(e),
+                };
+            }
+        };
         if st.effective_status() == Status::Exited && !st.monitor_alive() {
             return Ok(Some(st.exit_code.unwrap_or(-1)));
         }
@@ -347,7 +405,18 @@ pub fn wait_exit(store: &Store, id: &str, timeout: Option<Duration>) -> Result<O
 pub fn wait(store_root: &Path, refs: &[String]) -> Result<i32> {
     let store = Store::open(store_root)?;
     for r in refs {
-        let id = store.resolve(r)?;
+        let id = match store.resolve(r) {
+            Ok(id) => id,
+            // A `--rm` container removed a moment ago.
+            Err(e @ Error::NoSuchContainer(_)) => match store.tombstone(r) {
+                Some(t) => {
+                    println!("{}", t.exit_code);
+                    continue;
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         match wait_exit(&store, &id, None)? {
             Some(code) => println!("{code}"),
             None => return Err(Error::MonitorLost(id)),

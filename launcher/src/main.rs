@@ -64,7 +64,12 @@ enum Cmd {
         container: String,
     },
     /// Attach the terminal's standard streams to a running container
-    Attach { container: String },
+    Attach {
+        /// Key sequence that detaches (e.g. ctrl-p,ctrl-q; off unless given)
+        #[arg(long)]
+        detach_keys: Option<String>,
+        container: String,
+    },
     /// Remove containers
     Rm {
         /// Kill and remove running containers
@@ -151,6 +156,9 @@ struct RunArgs {
     /// Mount a tmpfs: CTR[:OPTS], e.g. /run:size=64m,mode=1777 (repeatable)
     #[arg(long)]
     tmpfs: Vec<String>,
+    /// Key sequence that detaches from the container (e.g. ctrl-p,ctrl-q; off unless given)
+    #[arg(long)]
+    detach_keys: Option<String>,
     /// Command and arguments (default /bin/sh)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -194,6 +202,7 @@ fn main() -> ExitCode {
                 log_max_files: a.log_max_files,
                 volumes: a.volumes,
                 tmpfs: a.tmpfs,
+                detach_keys: a.detach_keys,
                 args: a.args,
             },
         ),
@@ -214,7 +223,7 @@ fn main() -> ExitCode {
             };
             client::logs(&root, &container, &client::LogsOptions { follow, tail, since })
         }
-        Cmd::Attach { container } => client::attach(&root, &container),
+        Cmd::Attach { detach_keys, container } => client::attach(&root, &container, detach_keys.as_deref()),
         Cmd::Rm { force, containers } => client::rm(&root, &containers, force),
         Cmd::Inspect { containers } => client::inspect(&root, &containers),
     };

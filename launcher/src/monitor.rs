@@ -101,6 +101,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
             let _ = std::fs::write(dir.join(EXIT_FILE), code.to_string());
             let _ = store.save(&state);
             if state.config.remove {
+                let _ = store.bury(&state);
                 let _ = store.remove(&state.id, &state.name);
             }
             // Report last: when the CLI returns, nothing of the container is left to race with.
@@ -139,6 +140,8 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
         let _ = root.release();
     }
     if state.config.remove {
+        // The tombstone first: a `wait` that finds no container finds it.
+        let _ = store.bury(&state);
         let _ = store.remove(&state.id, &state.name);
     }
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
