@@ -14,6 +14,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use crate::capabilities;
 use crate::config::{self, ContainerConfig, Limits, LogConfig, NetMode};
 use crate::error::{Error, Result};
+use crate::idmap::UserNs;
 use crate::logs::{self, Line, ReadOptions, Stream};
 use crate::monitor;
 use crate::mounts::UserMount;
@@ -147,6 +148,13 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
         winsize: o.tty.then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),
         rootless,
+        userns: rootless.then(|| {
+            let (ns, why) = UserNs::detect();
+            if let Some(why) = why {
+                eprintln!("launcher: warning: {why}: single-id user namespace (only root in the container, as you)");
+            }
+            ns
+        }),
         mounts,
     })
 }

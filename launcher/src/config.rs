@@ -113,6 +113,9 @@ pub struct ContainerConfig {
     pub winsize: Option<WinSize>,
     /// Run in a user namespace mapping the caller's uid and gid to root.
     pub rootless: bool,
+    /// The rootless user namespace's id maps.
+    #[serde(default)]
+    pub userns: Option<crate::idmap::UserNs>,
     /// `-v` and `--tmpfs`.
     #[serde(default)]
     pub mounts: Vec<crate::mounts::UserMount>,

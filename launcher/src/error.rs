@@ -185,6 +185,8 @@ pub enum Error {
     Cgroup(#[from] CgroupError),
     #[error("network: {step}: {errno}")]
     Network { step: String, errno: Errno },
+    #[error("write user namespace id maps with {helper}: {reason}")]
+    IdMap { helper: PathBuf, reason: String },
     #[error("{step}: {errno}")]
     Sys { step: &'static str, errno: Errno },
     #[error("{step}: {source}")]

@@ -127,7 +127,8 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let path = lookup(&argv0, env_get(&env, "PATH").unwrap_or(""))?;
 
     capabilities::limit_bounding(&cfg.caps)?;
-    if !cfg.rootless {
+    // setgroups is denied in a single-id user namespace (no other group exists there anyway).
+    if !cfg.rootless || cfg.userns.as_ref().is_some_and(|ns| ns.is_full()) {
         let groups: Vec<nix::unistd::Gid> = user.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| SetupError::Setgroups(e.into()))?;
     }

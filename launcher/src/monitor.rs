@@ -22,6 +22,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 use crate::cgroups::{Cgroup, Layout};
 use crate::config::{ContainerConfig, NetMode};
 use crate::error::{Error, Result};
+use crate::idmap::UserNs;
 use crate::init::{self, Stdio};
 use crate::logs::{LOG_FILE, LogWriter, Stream};
 use crate::mounts::{DevMode, MountPlan};
@@ -241,7 +242,7 @@ fn start_in(
     let plan = MountPlan {
         rootfs: root.path.clone(),
         dev_mode: if cfg.rootless { DevMode::Bind } else { DevMode::Mknod },
-        devpts_gid: !cfg.rootless,
+        devpts_gid: !cfg.rootless || cfg.userns.as_ref().is_some_and(|ns| ns.maps_gid(5)),
         new_sysfs: !cfg.rootless || cfg.net.own_netns(),
         cgroups: if cfg.rootless { Vec::new() } else { layout.container_mounts() },
         etc_files,
@@ -310,7 +311,15 @@ fn start_in(
         }
     };
     if cfg.rootless {
-        write_id_maps(pid).map_err(fail)?;
+        let single;
+        let ns = match &cfg.userns {
+            Some(ns) => ns,
+            None => {
+                single = UserNs::single(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+                &single
+            }
+        };
+        ns.write(pid).map_err(fail)?;
     }
     cgroup.join(pid).map_err(|e| fail(e.into()))?;
     if let Some(att) = net {
@@ -336,19 +345,6 @@ fn start_in(
         outputs.push((m.try_clone().map_err(|e| fail(Error::io("dup", e)))?, Stream::Stdout));
     }
     Ok((pid, pidfd, stdin_w, outputs, pty))
-}
-
-/// Maps the caller's uid and gid to root in the container's user namespace.
-fn write_id_maps(pid: i32) -> Result<()> {
-    let uid = nix::unistd::geteuid();
-    let gid = nix::unistd::getegid();
-    let w = |file: &str, v: String| {
-        std::fs::write(format!("/proc/{pid}/{file}"), v).map_err(|e| Error::io("write user namespace id maps", e))
-    };
-    w("setgroups", "deny".into())?;
-    w("uid_map", format!("0 {uid} 1\n"))?;
-    w("gid_map", format!("0 {gid} 1\n"))?;
-    Ok(())
 }
 
 /// An attach client.

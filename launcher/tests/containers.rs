@@ -551,6 +551,8 @@ fn rootless_as_nobody() {
         "id -u; cat /proc/self/uid_map | tr -s ' '; hostname; echo $$; touch /tmp/f && echo writable; grep CapEff /proc/self/status; cat /proc/self/mounts | cut -d' ' -f2 | tr '\n' ,",
     ]);
     let text = ok(&out);
+    // nobody has no subordinate ids: the single-id map, said so.
+    assert!(stderr(&out).contains("single-id user namespace"), "{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "0", "root inside: {text}");
     assert_eq!(lines[1], " 0 65534 1");
