@@ -195,6 +195,9 @@ fn unescape(s: &str) -> String {
 pub struct Cgroup {
     /// (version is v2, directory)
     pub dirs: Vec<(bool, PathBuf)>,
+    /// Why there is no cgroup (shown by `inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 fn write(path: PathBuf, value: &str) -> Result<(), CgroupError> {
@@ -278,6 +281,11 @@ impl Cgroup {
             }
         }
         Ok(())
+    }
+
+    /// No cgroup of its own: the container stays in the launcher's, for the reason given.
+    pub fn none(reason: &str) -> Cgroup {
+        Cgroup { dirs: Vec::new(), skipped: Some(reason.into()) }
     }
 
     /// Moves `pid` into the cgroup.

@@ -12,7 +12,7 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::capabilities;
-use crate::config::{self, ContainerConfig, Limits, LogConfig, NetMode};
+use crate::config::{self, CgroupMode, ContainerConfig, Limits, LogConfig, NetMode};
 use crate::error::{Error, Result};
 use crate::idmap::UserNs;
 use crate::logs::{self, Line, ReadOptions, Stream};
@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub tmpfs: Vec<String>,
     /// `--detach-keys` (off unless given).
     pub detach_keys: Option<String>,
+    /// `--cgroups auto|enabled|disabled` (`None`: auto).
+    pub cgroups: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -87,6 +89,10 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
             Some(n) => Some(n as u64),
         },
     };
+    let cgroups: CgroupMode = o.cgroups.as_deref().unwrap_or("auto").parse()?;
+    if cgroups == CgroupMode::Disabled && limits.any() {
+        return Err(Error::InvalidArgument("resource limits need a cgroup (--cgroups=disabled)".into()));
+    }
     let net: NetMode = o.net.as_deref().unwrap_or("none").parse()?;
     let rootless = !nix::unistd::geteuid().is_root();
     let bridge = match net {
@@ -144,6 +150,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         init: o.init,
         caps: capabilities::resolve(&o.cap_add, &o.cap_drop)?,
         limits,
+        cgroups,
         log,
         // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
         winsize: o.tty.then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),

@@ -44,6 +44,45 @@ impl std::str::FromStr for NetMode {
     }
 }
 
+/// Whether the container gets a cgroup of its own (podman's `--cgroups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Only when a resource limit is asked for: moving a process into a cgroup v1 costs an RCU grace period
+    /// (~10 ms here), most of a container's start. Without one the container stays in the launcher's cgroup.
+    #[default]
+    Auto,
+    /// Always.
+    Enabled,
+    /// Never (limits are refused).
+    Disabled,
+}
+
+impl CgroupMode {
+    /// Whether to create the cgroup for these limits.
+    pub fn wanted(self, limits: &Limits) -> bool {
+        match self {
+            CgroupMode::Auto => limits.any(),
+            CgroupMode::Enabled => true,
+            CgroupMode::Disabled => false,
+        }
+    }
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(CgroupMode::Auto),
+            "enabled" => Ok(CgroupMode::Enabled),
+            "disabled" => Ok(CgroupMode::Disabled),
+            other => {
+                Err(Error::InvalidArgument(format!("invalid --cgroups {other:?} (use auto, enabled or disabled)")))
+            }
+        }
+    }
+}
+
 /// cgroup limits.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Limits {
@@ -108,6 +147,9 @@ pub struct ContainerConfig {
     /// Final capability names (`CAP_...`).
     pub caps: Vec<String>,
     pub limits: Limits,
+    /// `--cgroups`.
+    #[serde(default)]
+    pub cgroups: CgroupMode,
     pub log: LogConfig,
     /// Initial terminal size for `-t`.
     pub winsize: Option<WinSize>,

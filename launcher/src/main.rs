@@ -159,6 +159,9 @@ struct RunArgs {
     /// Key sequence that detaches from the container (e.g. ctrl-p,ctrl-q; off unless given)
     #[arg(long)]
     detach_keys: Option<String>,
+    /// Own cgroup: auto (only with -m/--cpus/--pids-limit), enabled, disabled
+    #[arg(long)]
+    cgroups: Option<String>,
     /// Command and arguments (default /bin/sh)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -203,6 +206,7 @@ fn main() -> ExitCode {
                 volumes: a.volumes,
                 tmpfs: a.tmpfs,
                 detach_keys: a.detach_keys,
+                cgroups: a.cgroups,
                 args: a.args,
             },
         ),

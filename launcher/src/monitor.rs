@@ -20,7 +20,7 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 
 use crate::cgroups::{Cgroup, Layout};
-use crate::config::{ContainerConfig, NetMode};
+use crate::config::{CgroupMode, ContainerConfig, NetMode};
 use crate::error::{Error, Result};
 use crate::idmap::UserNs;
 use crate::init::{self, Stdio};
@@ -196,7 +196,15 @@ fn write_etc_files(cfg: &ContainerConfig, dir: &Path, att: Option<&Attachment>) 
 fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
     let layout = Layout::detect()?;
     let root = cfg.rootfs.prepare(dir)?;
-    let cgroup = match Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless) {
+    let cgroup = if !cfg.cgroups.wanted(&cfg.limits) {
+        Ok(Cgroup::none(match cfg.cgroups {
+            CgroupMode::Disabled => "--cgroups=disabled: the container stays in the launcher's cgroup",
+            _ => "no resource limit asked for: the container stays in the launcher's cgroup (--cgroups=enabled)",
+        }))
+    } else {
+        Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless)
+    };
+    let cgroup = match cgroup {
         Ok(c) => c,
         Err(e) => {
             let _ = root.release();

@@ -272,14 +272,22 @@ impl Store {
     pub fn bury(&self, st: &State) -> Result<()> {
         let dir = self.tombstones();
         std::fs::create_dir_all(&dir).map_err(|e| Error::StateDir { path: dir.clone(), source: e })?;
-        if let Ok(entries) = std::fs::read_dir(&dir) {
-            let now = std::time::SystemTime::now();
+        // Prune at most once a minute (a marker's mtime says when): this runs before `run --rm` returns.
+        let marker = dir.join(".pruned");
+        let now = std::time::SystemTime::now();
+        let due = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
+        if due
+            && std::fs::write(&marker, b"").is_ok()
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
             for e in entries.flatten() {
                 let old = e
                     .metadata()
                     .and_then(|m| m.modified())
                     .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TOMBSTONE_TTL);
-                if old {
+                if old && e.file_name() != ".pruned" {
                     let _ = std::fs::remove_file(e.path());
                 }
             }

@@ -277,7 +277,7 @@ fn streams_and_logs() {
 fn lifecycle() {
     let env = Env::new();
     let script = "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.2; done";
-    let id = env.detach(&["--name", "web"], &["sh", "-c", script]);
+    let id = env.detach(&["--name", "web", "--cgroups", "enabled"], &["sh", "-c", script]);
     // Detached: the CLI is gone, the container runs.
     let ps = ok(&env.launcher(&["ps"]));
     assert!(ps.contains(&id[..12]) && ps.contains("web") && ps.contains("Up"), "{ps}");
@@ -303,6 +303,7 @@ fn lifecycle() {
     assert_eq!(st["exit_code"], 7);
     assert_eq!(st["oom_killed"], false);
     // The cgroups are gone once it exited.
+    assert!(!st["cgroup"]["dirs"].as_array().unwrap().is_empty(), "--cgroups=enabled made one");
     for d in st["cgroup"]["dirs"].as_array().unwrap() {
         let p = d[1].as_str().unwrap();
         assert!(!std::path::Path::new(p).exists(), "cgroup {p} left behind");
@@ -421,6 +422,16 @@ fn cgroup_limits() {
     // The container's cgroup namespace shows its own cgroup as the root.
     let out = ok(&env.run(&["--rm", "-m", "32m"], &["cat", "/proc/self/cgroup"]));
     assert!(out.lines().all(|l| l.ends_with(":/")), "{out}");
+    // Without a limit there is no cgroup of its own (--cgroups=auto), and inspect says so.
+    env.detach(&["--name", "nocg"], &["sleep", "1000"]);
+    let st = env.inspect("nocg");
+    assert!(st["cgroup"]["dirs"].as_array().unwrap().is_empty(), "{st}");
+    assert!(st["cgroup"]["skipped"].as_str().unwrap().contains("no resource limit"), "{st}");
+    ok(&env.launcher(&["rm", "-f", "nocg"]));
+    let o = env.run(&["--rm", "--cgroups", "disabled", "-m", "32m"], &["true"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("resource limits need a cgroup"), "{}", stderr(&o));
+    assert_eq!(code(&env.run(&["--rm", "--cgroups", "sometimes"], &["true"])), 125);
 }
 
 #[test]
