@@ -280,6 +280,16 @@ impl Cgroup {
                 apply(&dir, v2, c, limits)?;
             }
         }
+        // Hybrid host: a v2 hierarchy beside the v1 controllers gets a (controller-less) directory too, like
+        // runc does, so the container has its own v2 cgroup; it costs nothing: the container is cloned into it.
+        if !rootless
+            && let Some(h) = layout.hierarchies.iter().find(|h| h.version == Version::V2)
+            && !self.dirs.iter().any(|(v2, _)| *v2)
+        {
+            let dir = h.own.join(name);
+            std::fs::create_dir(&dir).map_err(|e| CgroupError::Create { path: dir.clone(), source: e })?;
+            self.dirs.push((true, dir));
+        }
         Ok(())
     }
 
@@ -288,10 +298,17 @@ impl Cgroup {
         Cgroup { dirs: Vec::new(), skipped: Some(reason.into()) }
     }
 
-    /// Moves `pid` into the cgroup.
-    pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
+    /// The v2 directory, if any: the container can be cloned straight into it ([`crate::sys::clone3`]).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.dirs.iter().find(|(v2, _)| *v2).map(|(_, d)| d.as_path())
+    }
+
+    /// Moves `pid` into the cgroup, except into `already` (the v2 directory it was cloned into).
+    pub fn join(&self, pid: i32, already: Option<&Path>) -> Result<(), CgroupError> {
         for (_, d) in &self.dirs {
-            write(d.join("cgroup.procs"), &pid.to_string())?;
+            if Some(d.as_path()) != already {
+                write(d.join("cgroup.procs"), &pid.to_string())?;
+            }
         }
         Ok(())
     }
@@ -460,7 +477,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
         assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap(), "50000 100000");
         assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "20");
-        cg.join(1234).unwrap();
+        cg.join(1234, None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "1234");
         assert!(!cg.oom_killed());
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();

@@ -21,6 +21,7 @@ use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 
 use crate::cgroups::{Cgroup, Layout};
 use crate::config::{CgroupMode, ContainerConfig, NetMode};
+use crate::error::CgroupError;
 use crate::error::{Error, Result};
 use crate::idmap::UserNs;
 use crate::init::{self, Stdio};
@@ -291,7 +292,23 @@ fn start_in(
     if cfg.rootless {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    let (pid, pidfd) = match sys::clone3(flags.bits() as u64).map_err(|e| Error::sys("clone", e))? {
+    // Straight into the v2 cgroup when there is one (no migration later); kernels before 5.7 or a refused
+    // target fall back to a migration by `join`.
+    let cgroup_dir = match cgroup.v2_dir() {
+        Some(d) => Some(
+            std::fs::File::open(d)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::Cgroup(CgroupError::Read { path: d.into(), source: e }))?,
+        ),
+        None => None,
+    };
+    let mut cloned = sys::clone3(flags.bits() as u64, cgroup_dir.as_ref().map(|f| f.as_fd()));
+    let mut joined_v2 = cgroup.v2_dir();
+    if cgroup_dir.is_some() && matches!(cloned, Err(Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP)) {
+        cloned = sys::clone3(flags.bits() as u64, None);
+        joined_v2 = None;
+    }
+    let (pid, pidfd) = match cloned.map_err(|e| Error::sys("clone", e))? {
         CloneResult::Child => {
             drop(parent_sock);
             init::run(init::Child {
@@ -329,7 +346,7 @@ fn start_in(
         };
         ns.write(pid).map_err(fail)?;
     }
-    cgroup.join(pid).map_err(|e| fail(e.into()))?;
+    cgroup.join(pid, joined_v2).map_err(|e| fail(e.into()))?;
     if let Some(att) = net {
         network::attach(att, pid).map_err(fail)?;
     }

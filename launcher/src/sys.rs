@@ -19,7 +19,7 @@ pub enum CloneResult {
     Parent { pid: i32, pidfd: OwnedFd },
 }
 
-/// `struct clone_args` of `clone3(2)` (first version, 64 bytes).
+/// `struct clone_args` of `clone3(2)` (third version, 88 bytes: up to `cgroup`, Linux 5.7).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -31,7 +31,16 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
+
+/// `CLONE_INTO_CGROUP` (libc's constant is an overflowing `c_int`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Size of the first version of `struct clone_args` (no `set_tid`, no `cgroup`), for kernels before 5.7.
+const CLONE_ARGS_SIZE_VER0: usize = 64;
 
 /// Number of threads of this process (from `/proc/self/task`).
 pub fn thread_count() -> usize {
@@ -47,22 +56,31 @@ pub fn ensure_single_threaded() -> nix::Result<()> {
     Ok(())
 }
 
-/// `clone3(CLONE_PIDFD | flags)` like `fork`, the child continuing on a copy of the caller's stack.
+/// `clone3(CLONE_PIDFD | flags)` like `fork`, the child continuing on a copy of the caller's stack. With
+/// `cgroup` (a directory of a cgroup v2 hierarchy), `CLONE_INTO_CGROUP`: the child starts in that cgroup, with
+/// no migration afterwards (a migration takes the cgroup threadgroup lock for writing: an RCU grace period).
 ///
 /// Fails with `EDEADLK` when the process has more than one thread (see [`ensure_single_threaded`]).
-pub fn clone3(flags: u64) -> nix::Result<CloneResult> {
+pub fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<CloneResult> {
     ensure_single_threaded()?;
     let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    let mut size = CLONE_ARGS_SIZE_VER0;
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+        size = std::mem::size_of::<CloneArgs>();
+    }
     // SAFETY: the process is single-threaded (checked above), so the child starts with a consistent copy of
     // the whole address space, like after fork(2); no stack is given, so the child runs on its copy of the
-    // caller's stack. `args` outlives the call and its size is passed exactly.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // caller's stack. `args` outlives the call and `size` never exceeds its size; `cgroup` is a descriptor the
+    // caller keeps open for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size) };
     match ret {
         -1 => Err(Errno::last()),
         0 => Ok(CloneResult::Child),

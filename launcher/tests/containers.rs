@@ -422,6 +422,25 @@ fn cgroup_limits() {
     // The container's cgroup namespace shows its own cgroup as the root.
     let out = ok(&env.run(&["--rm", "-m", "32m"], &["cat", "/proc/self/cgroup"]));
     assert!(out.lines().all(|l| l.ends_with(":/")), "{out}");
+    // A v2 hierarchy (this hybrid host's unified one) gets a directory too, entered at clone time
+    // (CLONE_INTO_CGROUP): the container's init is in it from its first instruction.
+    let layout = launcher::cgroups::Layout::detect().unwrap();
+    assert!(
+        layout.hierarchies.iter().any(|h| h.version == launcher::cgroups::Version::V2),
+        "this test needs a cgroup v2 hierarchy (pure v2 or hybrid)"
+    );
+    env.detach(&["--name", "v2", "--cgroups", "enabled"], &["sleep", "1000"]);
+    let st = env.inspect("v2");
+    let dirs = st["cgroup"]["dirs"].as_array().unwrap().clone();
+    let v2 = dirs.iter().find(|d| d[0] == true).unwrap_or_else(|| panic!("no v2 dir: {st}"));
+    let v2 = std::path::PathBuf::from(v2[1].as_str().unwrap());
+    let pid = st["pid"].as_i64().unwrap();
+    let procs = std::fs::read_to_string(v2.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string(), "the init is in its v2 cgroup");
+    ok(&env.launcher(&["rm", "-f", "v2"]));
+    for d in &dirs {
+        assert!(!std::path::Path::new(d[1].as_str().unwrap()).exists(), "{d} removed");
+    }
     // Without a limit there is no cgroup of its own (--cgroups=auto), and inspect says so.
     env.detach(&["--name", "nocg"], &["sleep", "1000"]);
     let st = env.inspect("nocg");
