@@ -282,13 +282,15 @@ impl Cgroup {
         }
         // Hybrid host: a v2 hierarchy beside the v1 controllers gets a (controller-less) directory too, like
         // runc does, so the container has its own v2 cgroup; it costs nothing: the container is cloned into it.
+        // Optional: a hierarchy that refuses it (read-only, not delegated) is left alone.
         if !rootless
             && let Some(h) = layout.hierarchies.iter().find(|h| h.version == Version::V2)
             && !self.dirs.iter().any(|(v2, _)| *v2)
         {
             let dir = h.own.join(name);
-            std::fs::create_dir(&dir).map_err(|e| CgroupError::Create { path: dir.clone(), source: e })?;
-            self.dirs.push((true, dir));
+            if std::fs::create_dir(&dir).is_ok() {
+                self.dirs.push((true, dir));
+            }
         }
         Ok(())
     }
@@ -531,6 +533,27 @@ mod tests {
         let err = Cgroup::create(&l, "c2", &limits, true).unwrap_err();
         assert!(matches!(err, CgroupError::RootlessV1(_)));
         assert_eq!(Cgroup::create(&l, "c3", &Limits::default(), true).unwrap().dirs.len(), 0);
+    }
+
+    #[test]
+    fn hybrid_gets_a_v2_directory_to_clone_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        std::fs::create_dir_all(r.join("memory/jobs")).unwrap();
+        std::fs::create_dir_all(r.join("unified")).unwrap();
+        let mi = format!(
+            "1 1 0:1 / {0}/memory rw - cgroup cgroup rw,memory\n2 1 0:2 / {0}/unified rw - cgroup2 cgroup2 rw\n",
+            r.display()
+        );
+        let l = Layout::parse(&mi, "2:memory:/jobs\n0::/\n", |_| Some("hugetlb".into()));
+        let cg = Cgroup::create(&l, "c", &Limits { memory: Some(8 << 20), ..Default::default() }, false).unwrap();
+        assert_eq!(cg.dirs, vec![(false, r.join("memory/jobs/c")), (true, r.join("unified/c"))]);
+        assert_eq!(cg.v2_dir(), Some(r.join("unified/c").as_path()));
+        // Cloned into the v2 directory: only the v1 one is joined by a write.
+        std::fs::write(r.join("unified/c/cgroup.procs"), "").unwrap();
+        cg.join(42, cg.v2_dir()).unwrap();
+        assert_eq!(std::fs::read_to_string(r.join("memory/jobs/c/cgroup.procs")).unwrap(), "42");
+        assert_eq!(std::fs::read_to_string(r.join("unified/c/cgroup.procs")).unwrap(), "");
     }
 
     #[test]
