@@ -195,6 +195,9 @@ fn unescape(s: &str) -> String {
 pub struct Cgroup {
     /// (version is v2, directory)
     pub dirs: Vec<(bool, PathBuf)>,
+    /// Why there is no cgroup (shown by `inspect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 fn write(path: PathBuf, value: &str) -> Result<(), CgroupError> {
@@ -277,13 +280,37 @@ impl Cgroup {
                 apply(&dir, v2, c, limits)?;
             }
         }
+        // Hybrid host: a v2 hierarchy beside the v1 controllers gets a (controller-less) directory too, like
+        // runc does, so the container has its own v2 cgroup; it costs nothing: the container is cloned into it.
+        // Optional: a hierarchy that refuses it (read-only, not delegated) is left alone.
+        if !rootless
+            && let Some(h) = layout.hierarchies.iter().find(|h| h.version == Version::V2)
+            && !self.dirs.iter().any(|(v2, _)| *v2)
+        {
+            let dir = h.own.join(name);
+            if std::fs::create_dir(&dir).is_ok() {
+                self.dirs.push((true, dir));
+            }
+        }
         Ok(())
     }
 
-    /// Moves `pid` into the cgroup.
-    pub fn join(&self, pid: i32) -> Result<(), CgroupError> {
+    /// No cgroup of its own: the container stays in the launcher's, for the reason given.
+    pub fn none(reason: &str) -> Cgroup {
+        Cgroup { dirs: Vec::new(), skipped: Some(reason.into()) }
+    }
+
+    /// The v2 directory, if any: the container can be cloned straight into it ([`crate::sys::clone3`]).
+    pub fn v2_dir(&self) -> Option<&Path> {
+        self.dirs.iter().find(|(v2, _)| *v2).map(|(_, d)| d.as_path())
+    }
+
+    /// Moves `pid` into the cgroup, except into `already` (the v2 directory it was cloned into).
+    pub fn join(&self, pid: i32, already: Option<&Path>) -> Result<(), CgroupError> {
         for (_, d) in &self.dirs {
-            write(d.join("cgroup.procs"), &pid.to_string())?;
+            if Some(d.as_path()) != already {
+                write(d.join("cgroup.procs"), &pid.to_string())?;
+            }
         }
         Ok(())
     }
@@ -452,7 +479,7 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dir.join("memory.max")).unwrap(), "67108864");
         assert_eq!(std::fs::read_to_string(dir.join("cpu.max")).unwrap(), "50000 100000");
         assert_eq!(std::fs::read_to_string(dir.join("pids.max")).unwrap(), "20");
-        cg.join(1234).unwrap();
+        cg.join(1234, None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.join("cgroup.procs")).unwrap(), "1234");
         assert!(!cg.oom_killed());
         std::fs::write(dir.join("memory.events"), "low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n").unwrap();
@@ -506,6 +533,27 @@ mod tests {
         let err = Cgroup::create(&l, "c2", &limits, true).unwrap_err();
         assert!(matches!(err, CgroupError::RootlessV1(_)));
         assert_eq!(Cgroup::create(&l, "c3", &Limits::default(), true).unwrap().dirs.len(), 0);
+    }
+
+    #[test]
+    fn hybrid_gets_a_v2_directory_to_clone_into() {
+        let tmp = tempfile::tempdir().unwrap();
+        let r = tmp.path();
+        std::fs::create_dir_all(r.join("memory/jobs")).unwrap();
+        std::fs::create_dir_all(r.join("unified")).unwrap();
+        let mi = format!(
+            "1 1 0:1 / {0}/memory rw - cgroup cgroup rw,memory\n2 1 0:2 / {0}/unified rw - cgroup2 cgroup2 rw\n",
+            r.display()
+        );
+        let l = Layout::parse(&mi, "2:memory:/jobs\n0::/\n", |_| Some("hugetlb".into()));
+        let cg = Cgroup::create(&l, "c", &Limits { memory: Some(8 << 20), ..Default::default() }, false).unwrap();
+        assert_eq!(cg.dirs, vec![(false, r.join("memory/jobs/c")), (true, r.join("unified/c"))]);
+        assert_eq!(cg.v2_dir(), Some(r.join("unified/c").as_path()));
+        // Cloned into the v2 directory: only the v1 one is joined by a write.
+        std::fs::write(r.join("unified/c/cgroup.procs"), "").unwrap();
+        cg.join(42, cg.v2_dir()).unwrap();
+        assert_eq!(std::fs::read_to_string(r.join("memory/jobs/c/cgroup.procs")).unwrap(), "42");
+        assert_eq!(std::fs::read_to_string(r.join("unified/c/cgroup.procs")).unwrap(), "");
     }
 
     #[test]

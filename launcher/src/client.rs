@@ -12,10 +12,13 @@ use nix::sys::signal::Signal;
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use crate::capabilities;
-use crate::config::{self, ContainerConfig, Limits, LogConfig, NetMode};
+use crate::config::{self, CgroupMode, ContainerConfig, Limits, LogConfig, NetMode};
 use crate::error::{Error, Result};
+use crate::idmap::UserNs;
 use crate::logs::{self, Line, ReadOptions, Stream};
 use crate::monitor;
+use crate::mounts::UserMount;
+use crate::network;
 use crate::proto::{self, Frame};
 use crate::rootfs::RootFsSpec;
 use crate::state::{self, State, Status, Store};
@@ -38,6 +41,8 @@ pub struct RunOptions {
     pub cpus: Option<String>,
     pub pids_limit: Option<i64>,
     pub net: Option<String>,
+    /// `--subnet` for `--net bridge` (`None`: `LAUNCHER_SUBNET` or the default).
+    pub subnet: Option<String>,
     pub read_only: bool,
     pub init: bool,
     pub cap_add: Vec<String>,
@@ -45,6 +50,14 @@ pub struct RunOptions {
     pub rootfs: PathBuf,
     pub log_max_size: Option<String>,
     pub log_max_files: Option<u32>,
+    /// `-v HOST:CTR[:ro|rw]`.
+    pub volumes: Vec<String>,
+    /// `--tmpfs CTR[:OPTS]`.
+    pub tmpfs: Vec<String>,
+    /// `--detach-keys` (off unless given).
+    pub detach_keys: Option<String>,
+    /// `--cgroups auto|enabled|disabled` (`None`: auto).
+    pub cgroups: Option<String>,
     pub args: Vec<String>,
 }
 
@@ -76,7 +89,23 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
             Some(n) => Some(n as u64),
         },
     };
+    let cgroups: CgroupMode = o.cgroups.as_deref().unwrap_or("auto").parse()?;
+    if cgroups == CgroupMode::Disabled && limits.any() {
+        return Err(Error::InvalidArgument("resource limits need a cgroup (--cgroups=disabled)".into()));
+    }
     let net: NetMode = o.net.as_deref().unwrap_or("none").parse()?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let bridge = match net {
+        NetMode::Bridge if rootless => {
+            return Err(Error::InvalidArgument(
+                "--net bridge needs root (rootless containers can use --net none or host)".into(),
+            ));
+        }
+        NetMode::Bridge => {
+            Some(network::BridgeConfig::new(o.subnet.as_deref(), std::env::var("LAUNCHER_BRIDGE").ok())?)
+        }
+        _ => None,
+    };
     let args = if o.args.is_empty() { vec!["/bin/sh".to_string()] } else { o.args.clone() };
     let env = config::build_env(&hostname, o.tty, &o.env, |k| std::env::var(k).ok())?;
     let cwd = o.workdir.clone().unwrap_or_else(|| "/".into());
@@ -84,6 +113,19 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         return Err(Error::InvalidArgument(format!(
             "the working directory '{cwd}' is invalid, it needs to be an absolute path"
         )));
+    }
+    let here = std::env::current_dir().map_err(|e| Error::io("current directory", e))?;
+    let mut mounts = Vec::new();
+    for v in &o.volumes {
+        mounts.push(UserMount::parse_volume(v, &here).map_err(Error::InvalidArgument)?);
+    }
+    for t in &o.tmpfs {
+        mounts.push(UserMount::parse_tmpfs(t).map_err(Error::InvalidArgument)?);
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if mounts[..i].iter().any(|p| p.destination() == m.destination()) {
+            return Err(Error::InvalidArgument(format!("duplicate mount point: {}", m.destination().display())));
+        }
     }
     let log = LogConfig {
         max_size: o.log_max_size.as_deref().map(config::parse_size).transpose()?,
@@ -103,14 +145,24 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         detach: o.detach,
         remove: o.remove,
         net,
+        bridge,
         read_only: o.read_only,
         init: o.init,
         caps: capabilities::resolve(&o.cap_add, &o.cap_drop)?,
         limits,
+        cgroups,
         log,
         // Without a terminal to copy, a pty gets the classic 24x80 rather than 0x0.
         winsize: o.tty.then(|| terminal::size().unwrap_or(sys::WinSize { rows: 24, cols: 80 })),
-        rootless: !nix::unistd::geteuid().is_root(),
+        rootless,
+        userns: rootless.then(|| {
+            let (ns, why) = UserNs::detect();
+            if let Some(why) = why {
+                eprintln!("launcher: warning: {why}: single-id user namespace (only root in the container, as you)");
+            }
+            ns
+        }),
+        mounts,
     })
 }
 
@@ -118,18 +170,47 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
 pub fn run(store_root: &Path, o: &RunOptions) -> Result<i32> {
     let store = Store::open(store_root)?;
     let cfg = build_config(o)?;
+    let detach = detach_matcher(o.detach_keys.as_deref())?;
     // Block the forwarded signals before anything is forked: a ^C between fork and the relay loop must not
     // kill the CLI and leave the terminal raw. The monitor inherits the mask.
     let mut mask = monitor::forwarded_signals();
     mask.add(Signal::SIGWINCH);
     mask.add(Signal::SIGCHLD);
     let old = sys::block_signals(&mask).map_err(|e| Error::sys("block signals", e))?;
-    let res = run_blocked(&store, cfg, o);
+    let res = run_blocked(&store, cfg, o, detach);
     let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&old), None);
     res
 }
 
-fn run_blocked(store: &Store, cfg: ContainerConfig, o: &RunOptions) -> Result<i32> {
+fn detach_matcher(keys: Option<&str>) -> Result<Option<terminal::DetachMatcher>> {
+    keys.map(|k| terminal::parse_detach_keys(k).map(terminal::DetachMatcher::new).map_err(Error::InvalidArgument))
+        .transpose()
+}
+
+/// How a relay ended.
+enum Relayed {
+    /// The container exited with this code.
+    Exit(i32),
+    /// The caller typed the detach keys: the container goes on.
+    Detached,
+}
+
+impl Relayed {
+    /// The CLI's exit code: the container's, or 0 after detaching.
+    fn code(self) -> i32 {
+        match self {
+            Relayed::Exit(c) => c,
+            Relayed::Detached => 0,
+        }
+    }
+}
+
+fn run_blocked(
+    store: &Store,
+    cfg: ContainerConfig,
+    o: &RunOptions,
+    detach: Option<terminal::DetachMatcher>,
+) -> Result<i32> {
     let id = cfg.id.clone();
     let sock = monitor::spawn(store, cfg)?;
     match proto::recv_frame(sock.as_fd())? {
@@ -143,11 +224,18 @@ fn run_blocked(store: &Store, cfg: ContainerConfig, o: &RunOptions) -> Result<i3
         println!("{id}");
         return Ok(0);
     }
-    relay(sock, o.tty, o.interactive, &store.dir(&id), false)
+    relay(sock, o.tty, o.interactive, &store.dir(&id), false, detach).map(Relayed::code)
 }
 
 /// Relays the caller's terminal or streams to the monitor until the container exits.
-fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: bool) -> Result<i32> {
+fn relay(
+    sock: OwnedFd,
+    tty: bool,
+    interactive: bool,
+    dir: &Path,
+    send_size: bool,
+    mut detach: Option<terminal::DetachMatcher>,
+) -> Result<Relayed> {
     let mut mask = monitor::forwarded_signals();
     mask.add(Signal::SIGWINCH);
     sys::block_signals(&mask).map_err(|e| Error::sys("block signals", e))?;
@@ -198,8 +286,18 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                     let _ = proto::send_frame(sock.as_fd(), &Frame::StdinEof);
                 }
                 Ok(n) => {
-                    if proto::send_frame(sock.as_fd(), &Frame::Stdin(buf[..n].to_vec())).is_err() {
+                    let mut data = buf[..n].to_vec();
+                    let mut detached = false;
+                    if let Some(m) = detach.as_mut() {
+                        let mut pass = Vec::with_capacity(n);
+                        detached = m.feed(&buf[..n], &mut pass);
+                        data = pass;
+                    }
+                    if !data.is_empty() && proto::send_frame(sock.as_fd(), &Frame::Stdin(data)).is_err() {
                         stdin_open = false;
+                    }
+                    if detached {
+                        return Ok(Relayed::Detached);
                     }
                 }
             }
@@ -211,7 +309,7 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                 Err(_) => (0, Vec::new()),
             };
             if n == 0 {
-                return exit_code_after_eof(dir);
+                return exit_code_after_eof(dir).map(Relayed::Exit);
             }
             match Frame::decode(&fb[..n])? {
                 Frame::Stdout(d) => {
@@ -220,7 +318,7 @@ fn relay(sock: OwnedFd, tty: bool, interactive: bool, dir: &Path, send_size: boo
                 Frame::Stderr(d) => {
                     let _ = err.write_all(&d).and_then(|()| err.flush());
                 }
-                Frame::Exit(info) => return Ok(info.code),
+                Frame::Exit(info) => return Ok(Relayed::Exit(info.code)),
                 _ => {}
             }
         }
@@ -244,9 +342,10 @@ fn running(st: &State) -> bool {
     st.effective_status() == Status::Running
 }
 
-/// `attach`.
-pub fn attach(store_root: &Path, reference: &str) -> Result<i32> {
+/// `attach [--detach-keys KEYS]`.
+pub fn attach(store_root: &Path, reference: &str, detach_keys: Option<&str>) -> Result<i32> {
     let store = Store::open(store_root)?;
+    let detach = detach_matcher(detach_keys)?;
     let st = load(&store, reference)?;
     if !running(&st) {
         return Err(Error::InvalidArgument("You cannot attach to a stopped container, start it first".into()));
@@ -254,7 +353,7 @@ pub fn attach(store_root: &Path, reference: &str) -> Result<i32> {
     let dir = store.dir(&st.id);
     let sock = monitor::connect(&dir).map_err(|e| Error::io("connect to the monitor", e))?;
     proto::send_frame(sock.as_fd(), &Frame::Attach).map_err(|e| Error::sys("attach", e))?;
-    relay(sock, st.config.tty, st.config.interactive, &dir, true)
+    relay(sock, st.config.tty, st.config.interactive, &dir, true, detach).map(Relayed::code)
 }
 
 /// Waits for the container's exit up to `timeout`; `Ok(None)` on timeout.
@@ -291,13 +390,22 @@ pub fn wait_exit(store: &Store, id: &str, timeout: Option<Duration>) -> Result<O
             }
         }
     }
-    // No monitor to talk to: it is gone, or going. Poll its exit file and state for a while.
+    // No monitor to talk to: it is gone, or going. Poll its exit file and state (or, for `--rm`, its
+    // tombstone) for a while.
     let end = Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(code) = store.exit_code(id) {
             return Ok(Some(code));
         }
-        let st = store.load(id)?;
+        let st = match store.load(id) {
+            Ok(st) => st,
+            Err(e) => {
+                return match store.tombstone(id) {
+                    Some(t) => Ok(Some(t.exit_code)),
+                    None => Err(e),
+                };
+            }
+        };
         if st.effective_status() == Status::Exited && !st.monitor_alive() {
             return Ok(Some(st.exit_code.unwrap_or(-1)));
         }
@@ -312,7 +420,18 @@ pub fn wait_exit(store: &Store, id: &str, timeout: Option<Duration>) -> Result<O
 pub fn wait(store_root: &Path, refs: &[String]) -> Result<i32> {
     let store = Store::open(store_root)?;
     for r in refs {
-        let id = store.resolve(r)?;
+        let id = match store.resolve(r) {
+            Ok(id) => id,
+            // A `--rm` container removed a moment ago.
+            Err(e @ Error::NoSuchContainer(_)) => match store.tombstone(r) {
+                Some(t) => {
+                    println!("{}", t.exit_code);
+                    continue;
+                }
+                None => return Err(e),
+            },
+            Err(e) => return Err(e),
+        };
         match wait_exit(&store, &id, None)? {
             Some(code) => println!("{code}"),
             None => return Err(Error::MonitorLost(id)),
@@ -392,9 +511,12 @@ pub fn rm(store_root: &Path, refs: &[String], force: bool) -> Result<i32> {
             let _ = signal(&store, &st, libc::SIGKILL);
             wait_exit(&store, &st.id, Some(Duration::from_secs(30)))?;
         }
-        // A monitor that died uncleanly leaves its cgroup behind.
+        // A monitor that died uncleanly leaves its cgroup and its veth behind.
         if !st.monitor_alive() {
             let _ = st.cgroup.remove();
+            if st.config.net == NetMode::Bridge {
+                let _ = network::release_stale(&store.root, &st.id);
+            }
         }
         store.remove(&st.id, &st.name)?;
         println!("{r}");

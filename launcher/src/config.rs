@@ -19,6 +19,15 @@ pub enum NetMode {
     None,
     /// The host's network namespace.
     Host,
+    /// Own network namespace with `eth0`, one end of a veth pair whose other end is on a host bridge.
+    Bridge,
+}
+
+impl NetMode {
+    /// Whether the container gets its own network namespace.
+    pub fn own_netns(self) -> bool {
+        self != NetMode::Host
+    }
 }
 
 impl std::str::FromStr for NetMode {
@@ -27,7 +36,49 @@ impl std::str::FromStr for NetMode {
         match s {
             "none" => Ok(NetMode::None),
             "host" => Ok(NetMode::Host),
-            other => Err(Error::InvalidArgument(format!("network mode {other:?} is not supported (use none or host)"))),
+            "bridge" => Ok(NetMode::Bridge),
+            other => Err(Error::InvalidArgument(format!(
+                "network mode {other:?} is not supported (use none, host or bridge)"
+            ))),
+        }
+    }
+}
+
+/// Whether the container gets a cgroup of its own (podman's `--cgroups`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// Only when a resource limit is asked for: moving a process into a cgroup v1 costs an RCU grace period
+    /// (~10 ms here), most of a container's start. Without one the container stays in the launcher's cgroup.
+    #[default]
+    Auto,
+    /// Always.
+    Enabled,
+    /// Never (limits are refused).
+    Disabled,
+}
+
+impl CgroupMode {
+    /// Whether to create the cgroup for these limits.
+    pub fn wanted(self, limits: &Limits) -> bool {
+        match self {
+            CgroupMode::Auto => limits.any(),
+            CgroupMode::Enabled => true,
+            CgroupMode::Disabled => false,
+        }
+    }
+}
+
+impl std::str::FromStr for CgroupMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(CgroupMode::Auto),
+            "enabled" => Ok(CgroupMode::Enabled),
+            "disabled" => Ok(CgroupMode::Disabled),
+            other => {
+                Err(Error::InvalidArgument(format!("invalid --cgroups {other:?} (use auto, enabled or disabled)")))
+            }
         }
     }
 }
@@ -88,16 +139,28 @@ pub struct ContainerConfig {
     pub detach: bool,
     pub remove: bool,
     pub net: NetMode,
+    /// The bridge and subnet for [`NetMode::Bridge`].
+    #[serde(default)]
+    pub bridge: Option<crate::network::BridgeConfig>,
     pub read_only: bool,
     pub init: bool,
     /// Final capability names (`CAP_...`).
     pub caps: Vec<String>,
     pub limits: Limits,
+    /// `--cgroups`.
+    #[serde(default)]
+    pub cgroups: CgroupMode,
     pub log: LogConfig,
     /// Initial terminal size for `-t`.
     pub winsize: Option<WinSize>,
     /// Run in a user namespace mapping the caller's uid and gid to root.
     pub rootless: bool,
+    /// The rootless user namespace's id maps.
+    #[serde(default)]
+    pub userns: Option<crate::idmap::UserNs>,
+    /// `-v` and `--tmpfs`.
+    #[serde(default)]
+    pub mounts: Vec<crate::mounts::UserMount>,
 }
 
 /// Parses a docker size: `512`, `100k`, `64m`, `1g`, `1.5g` (binary units, optional trailing `b`).

@@ -62,6 +62,12 @@ pub enum SetupError {
     MountCgroup { path: PathBuf, errno: Errno },
     #[error("bind {path}: {errno}")]
     BindFile { path: PathBuf, errno: Errno },
+    #[error("bind volume {path}: {errno}")]
+    Volume { path: PathBuf, errno: Errno },
+    #[error("make volume {path} read-only (recursively): {errno}")]
+    VolumeReadOnly { path: PathBuf, errno: Errno },
+    #[error("mount tmpfs {path}: {errno}")]
+    Tmpfs { path: PathBuf, errno: Errno },
     #[error("pivot_root: {0}")]
     PivotRoot(Errno),
     #[error("detach old root: {0}")]
@@ -72,6 +78,8 @@ pub enum SetupError {
     ReadonlyPath { path: PathBuf, errno: Errno },
     #[error("remount / read-only: {0}")]
     ReadonlyRoot(Errno),
+    #[error("network: {step}: {errno}")]
+    Network { step: String, errno: Errno },
     #[error("sethostname: {0}")]
     Hostname(Errno),
     #[error("bring loopback up: {0}")]
@@ -175,6 +183,10 @@ pub enum Error {
     Rootfs { path: PathBuf, reason: String },
     #[error("cgroups: {0}")]
     Cgroup(#[from] CgroupError),
+    #[error("network: {step}: {errno}")]
+    Network { step: String, errno: Errno },
+    #[error("write user namespace id maps with {helper}: {reason}")]
+    IdMap { helper: PathBuf, reason: String },
     #[error("{step}: {errno}")]
     Sys { step: &'static str, errno: Errno },
     #[error("{step}: {source}")]

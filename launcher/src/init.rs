@@ -20,6 +20,7 @@ use crate::capabilities;
 use crate::config::{ContainerConfig, env_get};
 use crate::error::SetupError;
 use crate::mounts::{self, MountPlan};
+use crate::network::{self, Attachment};
 use crate::proto::{self, ChildMsg};
 use crate::sys::{self, LinuxSys};
 use crate::user;
@@ -40,6 +41,8 @@ pub struct Child<'a> {
     pub sock: OwnedFd,
     pub stdio: Stdio,
     pub new_netns: bool,
+    /// `--net bridge`: configure `eth0` (the monitor created it before releasing us).
+    pub network: Option<&'a Attachment>,
     pub cgroupns: bool,
 }
 
@@ -96,6 +99,9 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     if child.new_netns {
         sys::interface_up("lo").map_err(|e| SetupError::Loopback(e.into()))?;
     }
+    if let Some(att) = child.network {
+        network::configure_container(att).map_err(|(step, e)| SetupError::Network { step, errno: e.into() })?;
+    }
     if let Stdio::Tty = child.stdio {
         setup_tty(child)?;
     } else {
@@ -121,7 +127,8 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let path = lookup(&argv0, env_get(&env, "PATH").unwrap_or(""))?;
 
     capabilities::limit_bounding(&cfg.caps)?;
-    if !cfg.rootless {
+    // setgroups is denied in a single-id user namespace (no other group exists there anyway).
+    if !cfg.rootless || cfg.userns.as_ref().is_some_and(|ns| ns.is_full()) {
         let groups: Vec<nix::unistd::Gid> = user.groups.iter().map(|g| nix::unistd::Gid::from_raw(*g)).collect();
         nix::unistd::setgroups(&groups).map_err(|e| SetupError::Setgroups(e.into()))?;
     }

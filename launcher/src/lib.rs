@@ -7,7 +7,9 @@
 //! - [`init`]: the container side after clone: mounts, hostname, loopback, pty, user, capabilities, exec,
 //!   and the `--init` reaper.
 //! - [`mounts`]: the mount sequence over the [`sys::Syscalls`] seam (unit-tested with a recording fake).
+//! - [`idmap`]: rootless user namespaces (subordinate ids through newuidmap/newgidmap, or a single id).
 //! - [`cgroups`]: v1, v2 and hybrid cgroups; [`capabilities`], [`user`]: credentials.
+//! - [`network`]: `--net bridge` (bridge, veth, address leases) over [`netlink`] (rtnetlink requests).
 //! - [`rootfs`]: where the root filesystem comes from (a directory today, a layerfs mount later).
 //! - [`state`], [`logs`], [`proto`], [`terminal`], [`config`], [`error`].
 //! - [`sys`]: the only module with `unsafe`.
@@ -17,10 +19,13 @@ pub mod cgroups;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod idmap;
 pub mod init;
 pub mod logs;
 pub mod monitor;
 pub mod mounts;
+pub mod netlink;
+pub mod network;
 pub mod proto;
 pub mod rootfs;
 pub mod state;

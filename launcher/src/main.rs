@@ -64,7 +64,12 @@ enum Cmd {
         container: String,
     },
     /// Attach the terminal's standard streams to a running container
-    Attach { container: String },
+    Attach {
+        /// Key sequence that detaches (e.g. ctrl-p,ctrl-q; off unless given)
+        #[arg(long)]
+        detach_keys: Option<String>,
+        container: String,
+    },
     /// Remove containers
     Rm {
         /// Kill and remove running containers
@@ -118,9 +123,12 @@ struct RunArgs {
     /// Tune the container pids limit (-1 for unlimited)
     #[arg(long, allow_hyphen_values = true)]
     pids_limit: Option<i64>,
-    /// Network mode: none (own namespace, loopback up) or host
+    /// Network mode: none (own namespace, loopback up), host, or bridge (veth on the lfs0 bridge)
     #[arg(long, alias = "network")]
     net: Option<String>,
+    /// Subnet of the bridge for --net bridge (default 10.209.0.0/16)
+    #[arg(long, env = "LAUNCHER_SUBNET")]
+    subnet: Option<String>,
     /// Mount the container's root filesystem as read only
     #[arg(long)]
     read_only: bool,
@@ -142,6 +150,18 @@ struct RunArgs {
     /// Rotated log files to keep
     #[arg(long)]
     log_max_files: Option<u32>,
+    /// Bind mount a host path: HOST:CTR[:ro|rw] (repeatable)
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// Mount a tmpfs: CTR[:OPTS], e.g. /run:size=64m,mode=1777 (repeatable)
+    #[arg(long)]
+    tmpfs: Vec<String>,
+    /// Key sequence that detaches from the container (e.g. ctrl-p,ctrl-q; off unless given)
+    #[arg(long)]
+    detach_keys: Option<String>,
+    /// Own cgroup: auto (only with -m/--cpus/--pids-limit), enabled, disabled
+    #[arg(long)]
+    cgroups: Option<String>,
     /// Command and arguments (default /bin/sh)
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -175,6 +195,7 @@ fn main() -> ExitCode {
                 cpus: a.cpus,
                 pids_limit: a.pids_limit,
                 net: a.net,
+                subnet: a.subnet,
                 read_only: a.read_only,
                 init: a.init,
                 cap_add: a.cap_add,
@@ -182,6 +203,10 @@ fn main() -> ExitCode {
                 rootfs: a.rootfs,
                 log_max_size: a.log_max_size,
                 log_max_files: a.log_max_files,
+                volumes: a.volumes,
+                tmpfs: a.tmpfs,
+                detach_keys: a.detach_keys,
+                cgroups: a.cgroups,
                 args: a.args,
             },
         ),
@@ -202,7 +227,7 @@ fn main() -> ExitCode {
             };
             client::logs(&root, &container, &client::LogsOptions { follow, tail, since })
         }
-        Cmd::Attach { container } => client::attach(&root, &container),
+        Cmd::Attach { detach_keys, container } => client::attach(&root, &container, detach_keys.as_deref()),
         Cmd::Rm { force, containers } => client::rm(&root, &containers, force),
         Cmd::Inspect { containers } => client::inspect(&root, &containers),
     };

@@ -20,11 +20,14 @@ use nix::sched::CloneFlags;
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus};
 
 use crate::cgroups::{Cgroup, Layout};
-use crate::config::{ContainerConfig, NetMode};
+use crate::config::{CgroupMode, ContainerConfig, NetMode};
+use crate::error::CgroupError;
 use crate::error::{Error, Result};
+use crate::idmap::UserNs;
 use crate::init::{self, Stdio};
 use crate::logs::{LOG_FILE, LogWriter, Stream};
 use crate::mounts::{DevMode, MountPlan};
+use crate::network::{self, Attachment};
 use crate::proto::{self, ChildMsg, ExitInfo, Frame};
 use crate::rootfs::PreparedRoot;
 use crate::state::{State, Status, Store, now_rfc3339, process_start_time};
@@ -89,7 +92,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     state.monitor_start = process_start_time(me);
     let _ = store.save(&state);
 
-    let started = match start(&state.config, dir) {
+    let started = match start(store, &state.config, dir) {
         Ok(s) => s,
         Err(e) => {
             let code = e.exit_code();
@@ -100,6 +103,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
             let _ = std::fs::write(dir.join(EXIT_FILE), code.to_string());
             let _ = store.save(&state);
             if state.config.remove {
+                let _ = store.bury(&state);
                 let _ = store.remove(&state.id, &state.name);
             }
             // Report last: when the CLI returns, nothing of the container is left to race with.
@@ -111,6 +115,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     state.pid = Some(started.pid);
     state.started_at = Some(now_rfc3339());
     state.cgroup = started.cgroup.clone();
+    state.network = started.network.clone();
     // Listen before anyone learns that the container runs: `stop` right after `run -d` must find the socket.
     let listener = socket_path(dir, ATTACH_SOCKET).and_then(|(_keep, p)| UnixSeqpacket::bind(&p)).ok();
     let _ = store.save(&state);
@@ -130,10 +135,15 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let _ = store.save(&state);
     let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
     let _ = started.cgroup.remove();
+    if let Some(att) = &started.network {
+        let _ = network::release(&store.root, &state.id, att);
+    }
     if let Some(root) = started.root {
         let _ = root.release();
     }
     if state.config.remove {
+        // The tombstone first: a `wait` that finds no container finds it.
+        let _ = store.bury(&state);
         let _ = store.remove(&state.id, &state.name);
     }
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
@@ -158,6 +168,8 @@ struct Started {
     outputs: Vec<(OwnedFd, Stream)>,
     /// The pty master, for resizes.
     pty: Option<OwnedFd>,
+    /// `--net bridge`: the veth and address to release.
+    network: Option<Attachment>,
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -165,12 +177,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
 }
 
 /// Writes /etc/hostname, /etc/hosts and /etc/resolv.conf for the container into its state directory.
-fn write_etc_files(cfg: &ContainerConfig, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let hosts = match cfg.net {
-        NetMode::Host => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
-        NetMode::None => {
-            format!("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n", cfg.hostname)
-        }
+fn write_etc_files(cfg: &ContainerConfig, dir: &Path, att: Option<&Attachment>) -> Result<Vec<(String, PathBuf)>> {
+    let local = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n";
+    let hosts = match (cfg.net, att) {
+        (NetMode::Host, _) => std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+        (_, Some(a)) => format!("{local}{}\t{}\n", a.address, cfg.hostname),
+        _ => format!("{local}127.0.1.1\t{}\n", cfg.hostname),
     };
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     let mut out = Vec::new();
@@ -182,20 +194,40 @@ fn write_etc_files(cfg: &ContainerConfig, dir: &Path) -> Result<Vec<(String, Pat
     Ok(out)
 }
 
-fn start(cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
+fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
     let layout = Layout::detect()?;
     let root = cfg.rootfs.prepare(dir)?;
-    let cgroup = match Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless) {
+    let cgroup = if !cfg.cgroups.wanted(&cfg.limits) {
+        Ok(Cgroup::none(match cfg.cgroups {
+            CgroupMode::Disabled => "--cgroups=disabled: the container stays in the launcher's cgroup",
+            _ => "no resource limit asked for: the container stays in the launcher's cgroup (--cgroups=enabled)",
+        }))
+    } else {
+        Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless)
+    };
+    let cgroup = match cgroup {
         Ok(c) => c,
         Err(e) => {
             let _ = root.release();
             return Err(e.into());
         }
     };
-    let res = start_in(cfg, dir, &layout, &root, &cgroup);
+    let net = match &cfg.bridge {
+        Some(b) => network::allocate(&store.root, &cfg.id, b, std::process::id() as i32).map(Some),
+        None => Ok(None),
+    };
+    let res = net.and_then(|net| {
+        start_in(cfg, dir, &layout, &root, &cgroup, net.as_ref())
+            .inspect_err(|_| {
+                if let Some(att) = &net {
+                    let _ = network::release(&store.root, &cfg.id, att);
+                }
+            })
+            .map(|l| (l, net))
+    });
     match res {
-        Ok((pid, pidfd, stdin, outputs, pty)) => {
-            Ok(Started { pid, pidfd, cgroup, root: Some(root), stdin, outputs, pty })
+        Ok(((pid, pidfd, stdin, outputs, pty), network)) => {
+            Ok(Started { pid, pidfd, cgroup, root: Some(root), stdin, outputs, pty, network })
         }
         Err(e) => {
             let _ = cgroup.remove();
@@ -213,16 +245,18 @@ fn start_in(
     layout: &Layout,
     root: &PreparedRoot,
     cgroup: &Cgroup,
+    net: Option<&Attachment>,
 ) -> Result<Launched> {
-    let etc_files = write_etc_files(cfg, dir)?;
+    let etc_files = write_etc_files(cfg, dir, net)?;
     let plan = MountPlan {
         rootfs: root.path.clone(),
         dev_mode: if cfg.rootless { DevMode::Bind } else { DevMode::Mknod },
-        devpts_gid: !cfg.rootless,
-        new_sysfs: !cfg.rootless || cfg.net == NetMode::None,
+        devpts_gid: !cfg.rootless || cfg.userns.as_ref().is_some_and(|ns| ns.maps_gid(5)),
+        new_sysfs: !cfg.rootless || cfg.net.own_netns(),
         cgroups: if cfg.rootless { Vec::new() } else { layout.container_mounts() },
         etc_files,
         read_only: cfg.read_only,
+        user_mounts: cfg.mounts.clone(),
     };
     // Pipes: (container end, monitor end).
     let (stdio, mut stdin_w, mut outputs) = if cfg.tty {
@@ -252,13 +286,29 @@ fn start_in(
 
     let mut flags =
         CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
-    if cfg.net == NetMode::None {
+    if cfg.net.own_netns() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if cfg.rootless {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-    let (pid, pidfd) = match sys::clone3(flags.bits() as u64).map_err(|e| Error::sys("clone", e))? {
+    // Straight into the v2 cgroup when there is one (no migration later); kernels before 5.7 or a refused
+    // target fall back to a migration by `join`.
+    let cgroup_dir = match cgroup.v2_dir() {
+        Some(d) => Some(
+            std::fs::File::open(d)
+                .map(OwnedFd::from)
+                .map_err(|e| Error::Cgroup(CgroupError::Read { path: d.into(), source: e }))?,
+        ),
+        None => None,
+    };
+    let mut cloned = sys::clone3(flags.bits() as u64, cgroup_dir.as_ref().map(|f| f.as_fd()));
+    let mut joined_v2 = cgroup.v2_dir();
+    if cgroup_dir.is_some() && matches!(cloned, Err(Errno::EINVAL | Errno::E2BIG | Errno::EOPNOTSUPP)) {
+        cloned = sys::clone3(flags.bits() as u64, None);
+        joined_v2 = None;
+    }
+    let (pid, pidfd) = match cloned.map_err(|e| Error::sys("clone", e))? {
         CloneResult::Child => {
             drop(parent_sock);
             init::run(init::Child {
@@ -266,7 +316,8 @@ fn start_in(
                 plan,
                 sock: child_sock,
                 stdio,
-                new_netns: cfg.net == NetMode::None,
+                new_netns: cfg.net.own_netns(),
+                network: net,
                 cgroupns: true,
             })
         }
@@ -274,15 +325,31 @@ fn start_in(
     };
     drop(child_sock);
     drop(stdio);
+    // As root the child mounts before it waits for GO, so it may have failed (and reported why) while we
+    // joined the cgroup or created the veth: then GO meets a closed socket. Its report wins over ours.
     let fail = |e: Error| {
         let _ = sys::pidfd_send_signal(pidfd.as_fd(), libc::SIGKILL);
         let _ = nix::sys::wait::waitid(Id::PIDFd(pidfd.as_fd()), WaitPidFlag::WEXITED);
-        e
+        match proto::pending_failure(parent_sock.as_fd()) {
+            Some(se) => Error::Setup(se),
+            None => e,
+        }
     };
     if cfg.rootless {
-        write_id_maps(pid).map_err(fail)?;
+        let single;
+        let ns = match &cfg.userns {
+            Some(ns) => ns,
+            None => {
+                single = UserNs::single(nix::unistd::geteuid().as_raw(), nix::unistd::getegid().as_raw());
+                &single
+            }
+        };
+        ns.write(pid).map_err(fail)?;
     }
-    cgroup.join(pid).map_err(|e| fail(e.into()))?;
+    cgroup.join(pid, joined_v2).map_err(|e| fail(e.into()))?;
+    if let Some(att) = net {
+        network::attach(att, pid).map_err(fail)?;
+    }
     proto::send(parent_sock.as_fd(), &[proto::GO], &[]).map_err(|e| fail(Error::sys("release the container", e)))?;
     let mut pty = None;
     loop {
@@ -303,19 +370,6 @@ fn start_in(
         outputs.push((m.try_clone().map_err(|e| fail(Error::io("dup", e)))?, Stream::Stdout));
     }
     Ok((pid, pidfd, stdin_w, outputs, pty))
-}
-
-/// Maps the caller's uid and gid to root in the container's user namespace.
-fn write_id_maps(pid: i32) -> Result<()> {
-    let uid = nix::unistd::geteuid();
-    let gid = nix::unistd::getegid();
-    let w = |file: &str, v: String| {
-        std::fs::write(format!("/proc/{pid}/{file}"), v).map_err(|e| Error::io("write user namespace id maps", e))
-    };
-    w("setgroups", "deny".into())?;
-    w("uid_map", format!("0 {uid} 1\n"))?;
-    w("gid_map", format!("0 {gid} 1\n"))?;
-    Ok(())
 }
 
 /// An attach client.

@@ -83,6 +83,101 @@ pub struct MountPlan {
     /// Files bound over `/etc/<name>`: (name, source on the host).
     pub etc_files: Vec<(String, PathBuf)>,
     pub read_only: bool,
+    /// `-v` and `--tmpfs`, mounted last (parents before children), so they win over the defaults.
+    #[serde(default)]
+    pub user_mounts: Vec<UserMount>,
+}
+
+/// A mount asked for on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum UserMount {
+    /// `-v HOST:CTR[:ro|rw]`: a recursive bind of a host path; `read_only` is recursive too.
+    Bind { source: PathBuf, destination: PathBuf, read_only: bool },
+    /// `--tmpfs CTR[:OPTS]`: mount flags words (`ro`, `noexec`...) and tmpfs data (`size=`, `mode=`...).
+    Tmpfs { destination: PathBuf, options: Vec<String> },
+}
+
+impl UserMount {
+    /// The absolute path inside the container.
+    pub fn destination(&self) -> &Path {
+        match self {
+            UserMount::Bind { destination, .. } | UserMount::Tmpfs { destination, .. } => destination,
+        }
+    }
+
+    /// Parses `-v HOST:CTR[:ro|rw]`. HOST must exist (absolute, or relative to the current directory when it
+    /// starts with `.`); named volumes are not supported.
+    pub fn parse_volume(spec: &str, cwd: &Path) -> Result<UserMount, String> {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let (host, ctr, mode) = match parts.as_slice() {
+            [h, c] => (*h, *c, None),
+            [h, c, m] => (*h, *c, Some(*m)),
+            _ => return Err(format!("invalid volume specification {spec:?}: expected HOST:CTR[:ro|rw]")),
+        };
+        let read_only = match mode {
+            None | Some("rw") => false,
+            Some("ro") => true,
+            Some(m) => return Err(format!("invalid volume specification {spec:?}: invalid mode {m:?} (use ro or rw)")),
+        };
+        if host.is_empty() || !(host.starts_with('/') || host.starts_with('.')) {
+            return Err(format!(
+                "invalid volume specification {spec:?}: named volumes are not supported, HOST must be a path"
+            ));
+        }
+        // `components()` drops `.` components: `./x` becomes `CWD/x`.
+        let source: PathBuf = cwd.join(host).components().collect();
+        if let Err(e) = std::fs::metadata(&source) {
+            return Err(format!(
+                "invalid volume specification {spec:?}: bind source path does not exist: {}: {e}",
+                source.display()
+            ));
+        }
+        Ok(UserMount::Bind { source, destination: destination(spec, ctr)?, read_only })
+    }
+
+    /// Parses `--tmpfs CTR[:OPTS]` (docker's syntax: `/run:rw,size=64m,mode=1777`).
+    pub fn parse_tmpfs(spec: &str) -> Result<UserMount, String> {
+        let (ctr, opts) = spec.split_once(':').unwrap_or((spec, ""));
+        let options: Vec<String> = opts.split(',').filter(|o| !o.is_empty()).map(str::to_string).collect();
+        tmpfs_options(&options).map_err(|o| format!("invalid --tmpfs {spec:?}: unknown option {o:?}"))?;
+        Ok(UserMount::Tmpfs { destination: destination(spec, ctr)?, options })
+    }
+}
+
+fn destination(spec: &str, ctr: &str) -> Result<PathBuf, String> {
+    let p = Path::new(ctr);
+    if !p.is_absolute() {
+        return Err(format!("invalid mount {spec:?}: the container path {ctr:?} must be absolute"));
+    }
+    if components(p).is_empty() {
+        return Err(format!("invalid mount {spec:?}: the container path can't be '/'"));
+    }
+    Ok(p.to_path_buf())
+}
+
+/// Mount flags and data of `--tmpfs` options (docker's defaults: nosuid, nodev, noexec); `Err(option)` for an
+/// unknown option.
+pub fn tmpfs_options(options: &[String]) -> Result<(MsFlags, String), String> {
+    let mut flags = NOSUID_NODEV_NOEXEC;
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "rw" => flags.remove(MsFlags::MS_RDONLY),
+            "ro" => flags.insert(MsFlags::MS_RDONLY),
+            "exec" => flags.remove(MsFlags::MS_NOEXEC),
+            "noexec" => flags.insert(MsFlags::MS_NOEXEC),
+            "suid" => flags.remove(MsFlags::MS_NOSUID),
+            "nosuid" => flags.insert(MsFlags::MS_NOSUID),
+            "dev" => flags.remove(MsFlags::MS_NODEV),
+            "nodev" => flags.insert(MsFlags::MS_NODEV),
+            o if ["size=", "mode=", "uid=", "gid=", "nr_inodes=", "nr_blocks="].iter().any(|p| o.starts_with(p)) => {
+                data.push(o.to_string())
+            }
+            o => return Err(o.to_string()),
+        }
+    }
+    Ok((flags, data.join(",")))
 }
 
 /// Resolves `path` inside `root` the way the container will see it: symlinks are followed with `root` as
@@ -181,6 +276,44 @@ pub fn prepare_root(sys: &mut dyn Syscalls, plan: &MountPlan) -> Result<(), Setu
         let target = file_target(sys, root, &format!("etc/{name}"))?;
         sys.mount(Some(src), &target, None, MsFlags::MS_BIND, None)
             .map_err(|e| SetupError::BindFile { path: target.clone(), errno: e.into() })?;
+    }
+    mount_user(sys, plan)
+}
+
+/// `-v` and `--tmpfs`, parents before children. Each target is resolved inside the root (a symlink in the
+/// image cannot send a mount to the host) and created when missing: a directory, or an empty file for a
+/// file source.
+fn mount_user(sys: &mut dyn Syscalls, plan: &MountPlan) -> Result<(), SetupError> {
+    let root = plan.rootfs.as_path();
+    let mut order: Vec<&UserMount> = plan.user_mounts.iter().collect();
+    order.sort_by_key(|m| components(m.destination()).len());
+    for m in order {
+        let dest = m.destination();
+        let rel = dest.to_string_lossy();
+        let rel = rel.trim_start_matches('/');
+        match m {
+            UserMount::Bind { source, read_only, .. } => {
+                let fail = |e: Errno| SetupError::Volume { path: dest.to_path_buf(), errno: e.into() };
+                let target = match sys.kind_follow(source) {
+                    Some(FileKind::Dir) => dir_target(sys, root, rel)?,
+                    Some(_) => file_target(sys, root, rel)?,
+                    None => return Err(fail(Errno::ENOENT)),
+                };
+                sys.mount(Some(source), &target, None, MsFlags::MS_BIND | MsFlags::MS_REC, None).map_err(fail)?;
+                if *read_only {
+                    sys.make_readonly_recursive(&target)
+                        .map_err(|e| SetupError::VolumeReadOnly { path: dest.to_path_buf(), errno: e.into() })?;
+                }
+            }
+            UserMount::Tmpfs { options, .. } => {
+                let (flags, data) = tmpfs_options(options)
+                    .map_err(|_| SetupError::Tmpfs { path: dest.to_path_buf(), errno: Errno::EINVAL.into() })?;
+                let target = dir_target(sys, root, rel)?;
+                let data = (!data.is_empty()).then_some(data.as_str());
+                sys.mount(Some(Path::new("tmpfs")), &target, Some("tmpfs"), flags, data)
+                    .map_err(|e| SetupError::Tmpfs { path: dest.to_path_buf(), errno: e.into() })?;
+            }
+        }
     }
     Ok(())
 }
@@ -327,6 +460,7 @@ mod tests {
             ],
             etc_files: vec![("hostname".into(), "/state/hostname".into())],
             read_only: false,
+            user_mounts: Vec::new(),
         }
     }
 
@@ -471,6 +605,71 @@ mod tests {
         );
         assert!(matches!(sys.calls.last(), Some(Call::Mount { flags, .. })
             if flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID)));
+    }
+
+    #[test]
+    fn volume_and_tmpfs_parsing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path();
+        let v = |s: &str| UserMount::parse_volume(s, d);
+        let host = d.display().to_string();
+        assert_eq!(
+            v(&format!("{host}:/data")).unwrap(),
+            UserMount::Bind { source: d.into(), destination: "/data".into(), read_only: false }
+        );
+        assert_eq!(
+            v(&format!("{host}:/data:ro")).unwrap(),
+            UserMount::Bind { source: d.into(), destination: "/data".into(), read_only: true }
+        );
+        assert_eq!(
+            v(".:/src:rw").unwrap(),
+            UserMount::Bind { source: d.into(), destination: "/src".into(), read_only: false }
+        );
+        assert!(v(&format!("{host}/missing:/data")).unwrap_err().contains("bind source path does not exist"));
+        assert!(v("named:/data").unwrap_err().contains("named volumes"));
+        assert!(v(&format!("{host}:data")).unwrap_err().contains("must be absolute"));
+        assert!(v(&format!("{host}:/")).unwrap_err().contains("can't be '/'"));
+        assert!(v(&format!("{host}:/d:rx")).unwrap_err().contains("invalid mode"));
+        assert!(v("/a").is_err());
+        let t = UserMount::parse_tmpfs("/run:size=64m,mode=1777,exec").unwrap();
+        assert_eq!(t.destination(), Path::new("/run"));
+        let UserMount::Tmpfs { options, .. } = &t else { panic!() };
+        let (flags, data) = tmpfs_options(options).unwrap();
+        assert_eq!(data, "size=64m,mode=1777");
+        assert_eq!(flags, MsFlags::MS_NOSUID | MsFlags::MS_NODEV);
+        assert!(UserMount::parse_tmpfs("/run:bogus").is_err());
+        assert!(UserMount::parse_tmpfs("run").is_err());
+    }
+
+    #[test]
+    fn user_mounts_come_last_parents_first() {
+        let mut sys = fake();
+        sys.files.insert("/host/dir".into(), FileKind::Dir);
+        sys.files.insert("/host/file".into(), FileKind::File);
+        let mut p = plan();
+        p.user_mounts = vec![
+            UserMount::Bind { source: "/host/file".into(), destination: "/data/sub/f".into(), read_only: true },
+            UserMount::Bind { source: "/host/dir".into(), destination: "/data".into(), read_only: false },
+            UserMount::Tmpfs { destination: "/scratch".into(), options: vec!["size=1m".into()] },
+        ];
+        prepare_root(&mut sys, &p).unwrap();
+        let m = sys.mounts();
+        let n = m.len();
+        assert_eq!(
+            m[n - 3..],
+            [
+                ("/r/data".to_string(), "bind:/host/dir".to_string()),
+                ("/r/scratch".into(), "tmpfs".into()),
+                ("/r/data/sub/f".into(), "bind:/host/file".into()),
+            ]
+        );
+        // A file source gets a file mount point; the read-only one is made read-only recursively.
+        assert!(sys.calls.contains(&Call::Touch("/r/data/sub/f".into())));
+        assert_eq!(sys.calls.last(), Some(&Call::ReadonlyRecursive("/r/data/sub/f".into())));
+        assert!(!sys.calls.contains(&Call::ReadonlyRecursive("/r/data".into())));
+        // Binds are recursive.
+        assert!(sys.calls.iter().any(|c| matches!(c, Call::Mount { target, flags, .. }
+            if target == Path::new("/r/data") && flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC))));
     }
 
     #[test]

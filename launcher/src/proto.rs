@@ -194,6 +194,25 @@ pub fn recv_child(fd: BorrowedFd<'_>) -> Result<Option<(ChildMsg, Vec<OwnedFd>)>
     Ok(Some((m, fds)))
 }
 
+/// After the container init died: the failure it reported, if any is still queued on the socket (a peer that
+/// closed with our GO unread makes the first `recv` fail with `ECONNRESET`; the queue is still there).
+pub fn pending_failure(fd: BorrowedFd<'_>) -> Option<SetupError> {
+    let mut buf = vec![0u8; 64 * 1024];
+    for _ in 0..8 {
+        match recv(fd, &mut buf) {
+            Ok((0, _)) => return None,
+            Ok((n, _)) => {
+                if let Ok(ChildMsg::Failed(e)) = serde_json::from_slice(&buf[..n]) {
+                    return Some(e);
+                }
+            }
+            Err(nix::errno::Errno::ECONNRESET) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,9 @@ pub struct State {
     /// Why the container failed to start.
     pub error: Option<String>,
     pub cgroup: Cgroup,
+    /// The bridge attachment (`--net bridge`).
+    #[serde(default)]
+    pub network: Option<crate::network::Attachment>,
     pub config: ContainerConfig,
 }
 
@@ -63,6 +66,7 @@ impl State {
             oom_killed: false,
             error: None,
             cgroup: Cgroup::default(),
+            network: None,
             config,
         }
     }
@@ -83,6 +87,19 @@ impl State {
         }
     }
 }
+
+/// What is left of a `--rm` container for a while after its removal ([`TOMBSTONE_TTL`]), so that a `wait` that
+/// comes late still gets the exit code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tombstone {
+    pub id: String,
+    pub name: String,
+    pub exit_code: i32,
+    pub oom_killed: bool,
+}
+
+/// How long tombstones are kept.
+pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The current time as RFC 3339 with nanoseconds, UTC.
 pub fn now_rfc3339() -> String {
@@ -246,6 +263,69 @@ impl Store {
         std::fs::read_to_string(self.dir(id).join("exit")).ok()?.trim().parse().ok()
     }
 
+    fn tombstones(&self) -> PathBuf {
+        self.root.join("exited")
+    }
+
+    /// Leaves a tombstone for a container about to be removed, and drops the tombstones older than
+    /// [`TOMBSTONE_TTL`].
+    pub fn bury(&self, st: &State) -> Result<()> {
+        let dir = self.tombstones();
+        std::fs::create_dir_all(&dir).map_err(|e| Error::StateDir { path: dir.clone(), source: e })?;
+        // Prune at most once a minute (a marker's mtime says when): this runs before `run --rm` returns.
+        let marker = dir.join(".pruned");
+        let now = std::time::SystemTime::now();
+        let due = std::fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .map_or(true, |t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
+        if due
+            && std::fs::write(&marker, b"").is_ok()
+            && let Ok(entries) = std::fs::read_dir(&dir)
+        {
+            for e in entries.flatten() {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > TOMBSTONE_TTL);
+                if old && e.file_name() != ".pruned" {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let t = Tombstone {
+            id: st.id.clone(),
+            name: st.name.clone(),
+            exit_code: st.exit_code.unwrap_or(-1),
+            oom_killed: st.oom_killed,
+        };
+        let path = dir.join(&st.id);
+        write_atomic(&path, &serde_json::to_vec(&t).expect("tombstone serializes"))
+            .map_err(|e| Error::StateDir { path, source: e })
+    }
+
+    /// The tombstone of a removed container: by full id, name or unique id prefix.
+    pub fn tombstone(&self, reference: &str) -> Option<Tombstone> {
+        if reference.is_empty() {
+            return None;
+        }
+        let all: Vec<Tombstone> = std::fs::read_dir(self.tombstones())
+            .ok()?
+            .flatten()
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
+            .collect();
+        let mut found: Vec<&Tombstone> = all.iter().filter(|t| t.id == reference).collect();
+        if found.is_empty() {
+            found = all.iter().filter(|t| t.name == reference).collect();
+        }
+        if found.is_empty() {
+            found = all.iter().filter(|t| t.id.starts_with(reference)).collect();
+        }
+        match found.as_slice() {
+            [t] => Some((*t).clone()),
+            _ => None,
+        }
+    }
+
     /// Removes a container's directory and frees its name.
     pub fn remove(&self, id: &str, name: &str) -> Result<()> {
         let link = self.root.join("names").join(name);
@@ -284,6 +364,17 @@ mod tests {
         assert!(s.resolve("web").is_err());
         // The name is free again.
         s.create(&a, "web").unwrap();
+        // A tombstone outlives the removal.
+        let mut st = State::new(
+            crate::client::build_config(&crate::client::RunOptions { rootfs: "/".into(), ..Default::default() })
+                .unwrap(),
+        );
+        st.exit_code = Some(7);
+        s.bury(&st).unwrap();
+        assert_eq!(s.tombstone(&st.id).unwrap().exit_code, 7);
+        assert_eq!(s.tombstone(&st.name).unwrap().exit_code, 7);
+        assert_eq!(s.tombstone(&st.id[..12]).unwrap().id, st.id);
+        assert!(s.tombstone("nope").is_none());
         assert!(validate_name("ok_name-1.2").is_ok());
         assert!(validate_name("-bad").is_err());
         assert!(validate_name("a/b").is_err());

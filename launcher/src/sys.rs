@@ -19,7 +19,7 @@ pub enum CloneResult {
     Parent { pid: i32, pidfd: OwnedFd },
 }
 
-/// `struct clone_args` of `clone3(2)` (first version, 64 bytes).
+/// `struct clone_args` of `clone3(2)` (third version, 88 bytes: up to `cgroup`, Linux 5.7).
 #[repr(C)]
 #[derive(Default)]
 struct CloneArgs {
@@ -31,7 +31,16 @@ struct CloneArgs {
     stack: u64,
     stack_size: u64,
     tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
 }
+
+/// `CLONE_INTO_CGROUP` (libc's constant is an overflowing `c_int`).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Size of the first version of `struct clone_args` (no `set_tid`, no `cgroup`), for kernels before 5.7.
+const CLONE_ARGS_SIZE_VER0: usize = 64;
 
 /// Number of threads of this process (from `/proc/self/task`).
 pub fn thread_count() -> usize {
@@ -47,22 +56,31 @@ pub fn ensure_single_threaded() -> nix::Result<()> {
     Ok(())
 }
 
-/// `clone3(CLONE_PIDFD | flags)` like `fork`, the child continuing on a copy of the caller's stack.
+/// `clone3(CLONE_PIDFD | flags)` like `fork`, the child continuing on a copy of the caller's stack. With
+/// `cgroup` (a directory of a cgroup v2 hierarchy), `CLONE_INTO_CGROUP`: the child starts in that cgroup, with
+/// no migration afterwards (a migration takes the cgroup threadgroup lock for writing: an RCU grace period).
 ///
 /// Fails with `EDEADLK` when the process has more than one thread (see [`ensure_single_threaded`]).
-pub fn clone3(flags: u64) -> nix::Result<CloneResult> {
+pub fn clone3(flags: u64, cgroup: Option<BorrowedFd<'_>>) -> nix::Result<CloneResult> {
     ensure_single_threaded()?;
     let mut pidfd: libc::c_int = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: flags | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut libc::c_int as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    let mut size = CLONE_ARGS_SIZE_VER0;
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd.as_raw_fd() as u64;
+        size = std::mem::size_of::<CloneArgs>();
+    }
     // SAFETY: the process is single-threaded (checked above), so the child starts with a consistent copy of
     // the whole address space, like after fork(2); no stack is given, so the child runs on its copy of the
-    // caller's stack. `args` outlives the call and its size is passed exactly.
-    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>()) };
+    // caller's stack. `args` outlives the call and `size` never exceeds its size; `cgroup` is a descriptor the
+    // caller keeps open for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, size) };
     match ret {
         -1 => Err(Errno::last()),
         0 => Ok(CloneResult::Child),
@@ -245,6 +263,38 @@ pub fn mount_flags_of(path: &Path) -> nix::Result<MsFlags> {
     Ok(out)
 }
 
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `MOUNT_ATTR_RDONLY` (not in libc yet).
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+
+/// `mount_setattr(path, AT_RECURSIVE, MOUNT_ATTR_RDONLY)`: the mount at `path` and every mount below it become
+/// read-only in one step (Linux 5.12+), unlike a `MS_REMOUNT|MS_BIND|MS_RDONLY` that only changes the top one.
+pub fn mount_setattr_rdonly_recursive(path: &Path) -> nix::Result<()> {
+    let c = cpath(path)?;
+    let attr = MountAttr { attr_set: MOUNT_ATTR_RDONLY, attr_clr: 0, propagation: 0, userns_fd: 0 };
+    // SAFETY: `c` is a NUL-terminated path and `attr` a live `struct mount_attr` whose exact size is passed;
+    // the kernel only reads both.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::AT_RECURSIVE as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
 /// `execve(2)`; returns only on failure.
 pub fn execve(path: &CString, argv: &[CString], envp: &[CString]) -> Errno {
     match nix::unistd::execve(path, argv, envp) {
@@ -288,8 +338,12 @@ pub trait Syscalls {
     fn mknod_char(&mut self, path: &Path, mode: u32, major: u64, minor: u64) -> nix::Result<()>;
     /// `lstat` reduced to a kind; `None` when nothing is there.
     fn kind(&mut self, path: &Path) -> Option<FileKind>;
+    /// `stat` (symlinks followed) reduced to a kind; `None` when nothing is there.
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind>;
     /// `readlink`.
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf>;
+    /// Makes the mount at `path` and every mount below it read-only (see [`mount_setattr_rdonly_recursive`]).
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()>;
     /// Flags of the mount holding `path` (see [`mount_flags_of`]).
     fn mount_flags(&mut self, path: &Path) -> nix::Result<MsFlags>;
 }
@@ -360,8 +414,21 @@ impl Syscalls for LinuxSys {
             FileKind::Other
         })
     }
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind> {
+        let ft = std::fs::metadata(path).ok()?.file_type();
+        Some(if ft.is_dir() {
+            FileKind::Dir
+        } else if ft.is_file() {
+            FileKind::File
+        } else {
+            FileKind::Other
+        })
+    }
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf> {
         std::fs::read_link(path).map_err(io_errno)
+    }
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()> {
+        mount_setattr_rdonly_recursive(path)
     }
     fn mount_flags(&mut self, path: &Path) -> nix::Result<MsFlags> {
         mount_flags_of(path)
@@ -384,6 +451,7 @@ pub enum Call {
     Touch(PathBuf),
     Symlink { target: PathBuf, link: PathBuf },
     Mknod { path: PathBuf, major: u64, minor: u64 },
+    ReadonlyRecursive(PathBuf),
 }
 
 /// A fake kernel for unit tests: records every call, answers lookups from `files`, and fails the calls
@@ -484,8 +552,15 @@ impl Syscalls for RecordingSys {
     fn kind(&mut self, path: &Path) -> Option<FileKind> {
         self.files.get(path).copied()
     }
+    fn kind_follow(&mut self, path: &Path) -> Option<FileKind> {
+        self.files.get(path).copied()
+    }
     fn readlink(&mut self, path: &Path) -> nix::Result<PathBuf> {
         self.links.get(path).cloned().ok_or(Errno::EINVAL)
+    }
+    fn make_readonly_recursive(&mut self, path: &Path) -> nix::Result<()> {
+        self.calls.push(Call::ReadonlyRecursive(path.to_path_buf()));
+        Ok(())
     }
     fn mount_flags(&mut self, _path: &Path) -> nix::Result<MsFlags> {
         Ok(self.flags)

@@ -277,7 +277,7 @@ fn streams_and_logs() {
 fn lifecycle() {
     let env = Env::new();
     let script = "trap 'echo got-term; exit 7' TERM; echo ready; while true; do sleep 0.2; done";
-    let id = env.detach(&["--name", "web"], &["sh", "-c", script]);
+    let id = env.detach(&["--name", "web", "--cgroups", "enabled"], &["sh", "-c", script]);
     // Detached: the CLI is gone, the container runs.
     let ps = ok(&env.launcher(&["ps"]));
     assert!(ps.contains(&id[..12]) && ps.contains("web") && ps.contains("Up"), "{ps}");
@@ -303,6 +303,7 @@ fn lifecycle() {
     assert_eq!(st["exit_code"], 7);
     assert_eq!(st["oom_killed"], false);
     // The cgroups are gone once it exited.
+    assert!(!st["cgroup"]["dirs"].as_array().unwrap().is_empty(), "--cgroups=enabled made one");
     for d in st["cgroup"]["dirs"].as_array().unwrap() {
         let p = d[1].as_str().unwrap();
         assert!(!std::path::Path::new(p).exists(), "cgroup {p} left behind");
@@ -421,6 +422,35 @@ fn cgroup_limits() {
     // The container's cgroup namespace shows its own cgroup as the root.
     let out = ok(&env.run(&["--rm", "-m", "32m"], &["cat", "/proc/self/cgroup"]));
     assert!(out.lines().all(|l| l.ends_with(":/")), "{out}");
+    // A v2 hierarchy (this hybrid host's unified one) gets a directory too, entered at clone time
+    // (CLONE_INTO_CGROUP): the container's init is in it from its first instruction.
+    let layout = launcher::cgroups::Layout::detect().unwrap();
+    assert!(
+        layout.hierarchies.iter().any(|h| h.version == launcher::cgroups::Version::V2),
+        "this test needs a cgroup v2 hierarchy (pure v2 or hybrid)"
+    );
+    env.detach(&["--name", "v2", "--cgroups", "enabled"], &["sleep", "1000"]);
+    let st = env.inspect("v2");
+    let dirs = st["cgroup"]["dirs"].as_array().unwrap().clone();
+    let v2 = dirs.iter().find(|d| d[0] == true).unwrap_or_else(|| panic!("no v2 dir: {st}"));
+    let v2 = std::path::PathBuf::from(v2[1].as_str().unwrap());
+    let pid = st["pid"].as_i64().unwrap();
+    let procs = std::fs::read_to_string(v2.join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string(), "the init is in its v2 cgroup");
+    ok(&env.launcher(&["rm", "-f", "v2"]));
+    for d in &dirs {
+        assert!(!std::path::Path::new(d[1].as_str().unwrap()).exists(), "{d} removed");
+    }
+    // Without a limit there is no cgroup of its own (--cgroups=auto), and inspect says so.
+    env.detach(&["--name", "nocg"], &["sleep", "1000"]);
+    let st = env.inspect("nocg");
+    assert!(st["cgroup"]["dirs"].as_array().unwrap().is_empty(), "{st}");
+    assert!(st["cgroup"]["skipped"].as_str().unwrap().contains("no resource limit"), "{st}");
+    ok(&env.launcher(&["rm", "-f", "nocg"]));
+    let o = env.run(&["--rm", "--cgroups", "disabled", "-m", "32m"], &["true"]);
+    assert_eq!(code(&o), 125);
+    assert!(stderr(&o).contains("resource limits need a cgroup"), "{}", stderr(&o));
+    assert_eq!(code(&env.run(&["--rm", "--cgroups", "sometimes"], &["true"])), 125);
 }
 
 #[test]
@@ -551,6 +581,8 @@ fn rootless_as_nobody() {
         "id -u; cat /proc/self/uid_map | tr -s ' '; hostname; echo $$; touch /tmp/f && echo writable; grep CapEff /proc/self/status; cat /proc/self/mounts | cut -d' ' -f2 | tr '\n' ,",
     ]);
     let text = ok(&out);
+    // nobody has no subordinate ids: the single-id map, said so.
+    assert!(stderr(&out).contains("single-id user namespace"), "{}", stderr(&out));
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "0", "root inside: {text}");
     assert_eq!(lines[1], " 0 65534 1");
