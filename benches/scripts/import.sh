@@ -23,7 +23,7 @@ add() { names+=("$1"); cmds+=("$2"); }
 add "tar -x (reference)"            "mkdir out && tar -xf '$tarball' -C out"
 add "layertool convert (inline)"    "'$lt' -q convert '$tarball' -o out"
 add "layertool import (objects)"    "'$lt' -q --root out import '$tarball' --tag bench"
-add "mkfs.erofs 1.5 (tar -x + mkfs)" "mkdir x && tar -xf '$tarball' -C x && mkfs.erofs -q out x"
+add "mkfs.erofs 1.5 (tar -x + mkfs)" "mkdir x && tar -xf '$tarball' -C x && mkfs.erofs out x >/dev/null"
 add "mksquashfs (tar -x + mksq, -noI -noD -noF)" "mkdir x && tar -xf '$tarball' -C x && mksquashfs x out -quiet -no-progress -noI -noD -noF -noX >/dev/null"
 add "mksquashfs lz4 (tar -x + mksq)" "mkdir x && tar -xf '$tarball' -C x && mksquashfs x out -quiet -no-progress -comp lz4 >/dev/null"
 add "tar2sqfs lz4 (streaming, 2 jobs)" "tar2sqfs -q -c lz4 -j 2 -f out < '$tarball'"
@@ -34,7 +34,8 @@ for i in "${!names[@]}"; do
   best=""; rss=0
   for r in $(seq "$runs"); do
     rm -rf "$work/out" "$work/x"; sync
-    s=$( { cd "$work" && /usr/bin/time -f '%e %M' bash -c "${cmds[$i]}" 2>&1 >/dev/null; } | tail -n1)
+    s=$( { cd "$work" && /usr/bin/time -f '%e %M' bash -c "${cmds[$i]}" 2>&1 >/dev/null; } | tail -n1) || true
+    if ! [[ $s =~ ^[0-9.]+\ [0-9]+$ ]]; then echo "${names[$i]}: failed: $s" >&2; continue 2; fi
     t=${s% *}; m=${s#* }
     if [ -z "$best" ] || awk "BEGIN{exit !($t < $best)}"; then best=$t; rss=$m; fi
   done
