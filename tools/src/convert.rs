@@ -36,30 +36,64 @@ pub fn detect(r: &mut impl BufRead) -> io::Result<Compression> {
     })
 }
 
-/// A reader that hashes what passes through it (the OCI diff_id of an uncompressed tar).
+/// A reader that hashes what passes through it (the OCI diff_id of an uncompressed tar, the
+/// digest of a compressed blob). The hashing runs on a thread of its own, fed copies of the bytes
+/// through a bounded channel, so that it overlaps with the conversion on another core.
 pub struct HashingReader<R> {
     inner: R,
-    hasher: Sha256,
+    tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
+    worker: Option<std::thread::JoinHandle<[u8; 32]>>,
     count: u64,
 }
 
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`.
     pub fn new(inner: R) -> Self {
-        HashingReader { inner, hasher: Sha256::new(), count: 0 }
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(16);
+        let worker = std::thread::Builder::new()
+            .name("sha256".into())
+            .spawn(move || {
+                let mut h = Sha256::new();
+                for chunk in rx {
+                    h.update(&chunk);
+                }
+                h.finalize().into()
+            })
+            .expect("spawning the hashing thread");
+        HashingReader { inner, tx: Some(tx), worker: Some(worker), count: 0 }
     }
 
     /// Reads the rest of the stream and returns its SHA-256 and length.
     pub fn finish(mut self) -> io::Result<([u8; 32], u64)> {
         io::copy(&mut self, &mut io::sink())?;
-        Ok((self.hasher.finalize().into(), self.count))
+        drop(self.tx.take());
+        let digest = self
+            .worker
+            .take()
+            .expect("worker present")
+            .join()
+            .map_err(|_| io::Error::other("hashing thread panicked"))?;
+        Ok((digest, self.count))
+    }
+}
+
+impl<R> Drop for HashingReader<R> {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(w) = self.worker.take() {
+            let _ = w.join();
+        }
     }
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
+        if n > 0
+            && let Some(tx) = &self.tx
+        {
+            tx.send(buf[..n].to_vec()).map_err(|_| io::Error::other("hashing thread ended"))?;
+        }
         self.count += n as u64;
         Ok(n)
     }

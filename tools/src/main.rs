@@ -47,6 +47,10 @@ enum Cmd {
         /// Files of at least this many bytes become shared objects (smaller stay in the layer).
         #[arg(long, default_value_t = 4096)]
         external_min: u64,
+        /// Do not flush to disk before publishing the image (faster; a power loss during or just
+        /// after the import can then leave a damaged image, which `verify` reports).
+        #[arg(long)]
+        no_sync: bool,
     },
     /// List images.
     Images {
@@ -160,10 +164,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 summary.file_size
             );
         }
-        Cmd::Import { source, tag, external_min } => {
+        Cmd::Import { source, tag, external_min, no_sync } => {
             let store = Store::open(store_of(&cli.root))?;
             let pb = progress(cli.quiet, "import");
-            let report = import(&store, &source, &tag, &ImportOptions { external_min }, &pb)
+            let report = import(&store, &source, &tag, &ImportOptions { external_min, sync: !no_sync }, &pb)
                 .with_context(|| format!("importing {}", source.display()))?;
             pb.finish_and_clear();
             for (i, l) in report.layers.iter().enumerate() {

@@ -200,11 +200,11 @@ impl Store {
         nix::unistd::syncfs(&d).map_err(|e| StoreError::io("syncfs on the store", e.into()))
     }
 
-    /// Saves image manifest `image` under its name (replacing an older one).
+    /// Saves image manifest `image` under its name (replacing an older one). Callers that wrote
+    /// layers or objects for it call [`Store::sync`] first.
     pub fn save_image(&self, image: &Image) -> Result<(), StoreError> {
         let r = ImageRef::parse(&image.name)?;
         let json = serde_json::to_vec_pretty(image).map_err(|e| StoreError::Json(image.name.clone(), e.to_string()))?;
-        self.sync()?;
         self.write_atomic(&self.image_path(&r), &json)
     }
 
