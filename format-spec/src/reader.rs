@@ -357,6 +357,11 @@ impl<B: AsRef<[u8]>> Layer<B> {
         self.bytes.as_ref()
     }
 
+    /// The owner of the bytes (a mapping, a vector).
+    pub fn source(&self) -> &B {
+        &self.bytes
+    }
+
     /// Consumes the layer, returning its bytes.
     pub fn into_inner(self) -> B {
         self.bytes
