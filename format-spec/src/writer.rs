@@ -361,6 +361,35 @@ impl<'s> LayerBuilder<'s> {
         self.place(path, node).map(drop)
     }
 
+    /// Adds a regular file whose content is the existing external object `digest` (of `size`
+    /// bytes, `allocated` bytes of which are not holes): nothing is read or copied. Used to
+    /// re-pack files of other layers (flatten, commit) without touching their data.
+    pub fn external_file(
+        &mut self,
+        path: &[u8],
+        meta: Meta,
+        size: u64,
+        digest: &[u8; 32],
+        allocated: u64,
+    ) -> Result<(), WriteError> {
+        Self::components(path)?.last().ok_or_else(|| WriteError::path(path, "the root must be a directory"))?;
+        let data = if size == 0 {
+            FileData::Empty
+        } else if let Some(&d) = self.stored.get(digest) {
+            self.summary.deduplicated += 1;
+            d
+        } else {
+            let blocks =
+                u32::try_from(allocated.div_ceil(BLOCK_SIZE)).map_err(|_| WriteError::Limit("file over 16 TiB"))?;
+            let d = FileData::External { blocks, digest: self.digest_index(digest)? };
+            self.stored.insert(*digest, d);
+            self.summary.objects.push(*digest);
+            d
+        };
+        let node = self.make_node(meta, Body::File { size, data })?;
+        self.place(path, node).map(drop)
+    }
+
     /// Adds a symbolic link.
     pub fn symlink(&mut self, path: &[u8], meta: Meta, target: &[u8]) -> Result<(), WriteError> {
         if target.is_empty() || target.len() > SYMLINK_MAX || target.contains(&0) {

@@ -3,14 +3,18 @@
 //! - [`convert`]: one layer tarball into one packed layer (streaming, tar + OCI semantics).
 //! - [`import`]: images (root filesystem tarballs, OCI layouts, `docker save` archives) into
 //!   the [`store`].
+//! - [`merged`]: the read-only merged view of an image's layers.
+//! - [`export`]: root filesystem tars, OCI archives and flattened layers out of the store.
 //! - [`show`]: the listings `layertool ls`/`inspect` print.
 
 #![forbid(unsafe_code)]
 
 pub mod convert;
 pub mod error;
+pub mod export;
 pub mod image;
 pub mod import;
+pub mod merged;
 pub mod show;
 pub mod store;
 
@@ -39,4 +43,16 @@ pub enum LayerOpenError {
 pub fn open_layer(path: &Path) -> Result<MappedLayer, LayerOpenError> {
     let map = Mapping::open(path)?;
     Ok(Layer::open(map)?)
+}
+
+/// Opens every layer of `image` from `store`, lowest first (as the manifest lists them).
+pub fn open_image_layers(store: &store::Store, image: &image::Image) -> Result<Vec<MappedLayer>, StoreError> {
+    image
+        .layers
+        .iter()
+        .map(|l| {
+            let d = store::parse_digest(l).ok_or_else(|| StoreError::BadDigest(l.clone()))?;
+            open_layer(&store.layer_path(&d)).map_err(|e| StoreError::Layer(l.clone(), e))
+        })
+        .collect()
 }

@@ -89,6 +89,29 @@ enum Cmd {
         /// Path of a regular file inside the layer.
         path: String,
     },
+    /// Write an image's merged root filesystem as a tar (docker/podman import accept it).
+    Export {
+        /// The image.
+        image: String,
+        /// The tar to write ("-" for standard output).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Write an image as an OCI image layout archive (podman load, skopeo and import accept it).
+    Save {
+        /// The image.
+        image: String,
+        /// The archive to write ("-" for standard output).
+        #[arg(short, long)]
+        output: PathBuf,
+    },
+    /// Squash an image's layers into one packed layer, as a new image.
+    Flatten {
+        /// The image.
+        image: String,
+        /// The new image's name: NAME or NAME:TAG.
+        name: String,
+    },
     /// Check every checksum and invariant of a packed layer or of an image (and its objects).
     Verify {
         /// A .lpk file or an image name.
@@ -285,6 +308,59 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             out.flush()?;
         }
+        Cmd::Export { image, output } => {
+            let store = Store::open_existing(store_of(&cli.root))?;
+            let img = store.image(&image)?;
+            let layers = tools::open_image_layers(&store, &img)?;
+            let top_first: Vec<&MappedLayer> = layers.iter().rev().collect();
+            let stats = write_output(&output, |w| {
+                tools::export::export_merged(&top_first, Some(&store), w).map(|(w, s)| (w, s))
+            })
+            .with_context(|| format!("exporting {image}"))?;
+            for s in &stats.skipped {
+                eprintln!("warning: {s}: a socket cannot be stored in a tar; skipped");
+            }
+            eprintln!("{}: {} entries, {}", output.display(), stats.entries, human(stats.bytes));
+        }
+        Cmd::Save { image, output } => {
+            let store = Store::open(store_of(&cli.root))?;
+            let img = store.image(&image)?;
+            write_output(&output, |w| tools::export::save_oci_archive(&store, &img, w).map(|w| (w, ())))
+                .with_context(|| format!("saving {image}"))?;
+            eprintln!("{}: {} as an OCI archive ({} layers)", output.display(), img.name, img.layers.len());
+        }
+        Cmd::Flatten { image, name } => {
+            let store = Store::open(store_of(&cli.root))?;
+            let _lock = store.lock_shared()?;
+            let img = store.image(&image)?;
+            let layers = tools::open_image_layers(&store, &img)?;
+            let top_first: Vec<&MappedLayer> = layers.iter().rev().collect();
+            let (file, tmp) = store.temp_file(".layer-")?;
+            let out = file.try_clone()?;
+            let res = tools::export::flatten(&top_first, &store, out, format_spec::WriterOptions::default());
+            let summary = match res {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = fs::remove_file(&tmp);
+                    return Err(e).with_context(|| format!("flattening {image}"));
+                }
+            };
+            file.sync_all()?;
+            let digest = sha256_file(&tmp)?;
+            store.publish_layer(&tmp, &digest)?;
+            let new = Image {
+                name: tools::image::ImageRef::parse(&name)?.to_string(),
+                layers: vec![digest_string(&digest)],
+                diff_ids: Vec::new(),
+                config: img.config.clone(),
+                created: img.created.clone(),
+                source: format!("flatten of {}", img.name),
+                comment: None,
+            };
+            store.sync()?;
+            store.save_image(&new)?;
+            println!("{} {} ({} inodes, {} layers squashed)", new.name, new.id(), summary.inodes, img.layers.len());
+        }
         Cmd::Verify { target } => {
             let ok = if Path::new(&target).exists() {
                 let store = Store::open_existing(store_of(&cli.root)).ok();
@@ -319,6 +395,27 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `f` on the output file (written atomically) or on standard output for "-".
+fn write_output<T>(
+    output: &Path,
+    f: impl FnOnce(Box<dyn Write>) -> std::result::Result<(Box<dyn Write>, T), tools::ImportError>,
+) -> Result<T> {
+    if output == Path::new("-") {
+        let (mut w, t) = f(Box::new(io::BufWriter::with_capacity(1 << 20, io::stdout().lock())))?;
+        w.flush()?;
+        return Ok(t);
+    }
+    let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new().prefix(".layertool-").tempfile_in(dir)?;
+    let file = tmp.as_file().try_clone()?;
+    let (mut w, t) = f(Box::new(io::BufWriter::with_capacity(1 << 20, file)))?;
+    w.flush()?;
+    drop(w);
+    tmp.as_file().sync_all()?;
+    tmp.persist(output).with_context(|| format!("writing {}", output.display()))?;
+    Ok(t)
 }
 
 fn print_warnings(w: &[String]) {

@@ -8,6 +8,7 @@ use std::process::Command;
 use format_spec::{Kind, VerifyOptions};
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
+
 use tools::import::{ImportOptions, convert_file, import};
 use tools::store::{Store, digest_string, parse_digest};
 use tools::{MappedLayer, open_layer};
@@ -545,4 +546,132 @@ fn rmi_keeps_what_other_images_share() {
     for (_, d) in base.external_files().unwrap() {
         assert!(store.object_path(&d).is_file(), "shared object removed");
     }
+}
+
+/// Everything observable of an image's merged tree, by path.
+fn merged_tree(store: &Store, image: &str) -> std::collections::BTreeMap<Vec<u8>, String> {
+    use tools::merged::MergedView;
+    let img = store.image(image).unwrap();
+    let layers = tools::open_image_layers(store, &img).unwrap();
+    let view = MergedView::new(layers.iter().rev().collect());
+    let mut out = std::collections::BTreeMap::new();
+    let mut links: std::collections::HashMap<tools::merged::Source, Vec<u8>> = Default::default();
+    let mut stack = vec![(Vec::new(), view.root().unwrap())];
+    while let Some((path, dir)) = stack.pop() {
+        for e in view.read_dir(&dir).unwrap() {
+            let mut p = path.clone();
+            p.push(b'/');
+            p.extend_from_slice(&e.name);
+            let layer = view.layers()[e.source.layer];
+            let inode = view.inode(e.source).unwrap();
+            let content = match inode.kind() {
+                Kind::File => {
+                    let mut r = tools::export::file_reader(layer, &inode, Some(store)).unwrap();
+                    let mut h = Sha256::new();
+                    std::io::copy(&mut r, &mut h).unwrap();
+                    hex::encode(h.finalize())
+                }
+                Kind::Symlink => String::from_utf8_lossy(layer.readlink(&inode).unwrap()).into_owned(),
+                _ => format!("{:?}", inode.rdev()),
+            };
+            let link = if inode.nlink > 1 && !inode.is_dir() {
+                links.entry(e.source).or_insert_with(|| p.clone()).clone()
+            } else {
+                Vec::new()
+            };
+            let xattrs: Vec<_> =
+                layer.xattrs(&inode).unwrap().into_iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+            out.insert(
+                p.clone(),
+                format!(
+                    "{:?} {:o} {}:{} {:?} size={} {content} link={} xattrs={xattrs:?}",
+                    inode.kind(),
+                    inode.mode,
+                    inode.uid,
+                    inode.gid,
+                    inode.mtime,
+                    if inode.is_dir() { 0 } else { inode.size },
+                    String::from_utf8_lossy(&link)
+                ),
+            );
+            if let Some(d) = e.dir {
+                stack.push((p, d));
+            }
+        }
+    }
+    out
+}
+
+fn rich_layers() -> Vec<Vec<u8>> {
+    let mut layers = two_layers();
+    let mut t = Tar::new();
+    t.dir("opt/", 0o755)
+        .file("opt/a", b"a")
+        .hardlink("opt/a-link", "opt/a")
+        .symlink("opt/s", "a")
+        .device("opt/null", tar::EntryType::Char, 1, 3)
+        .pax(&[("SCHILY.xattr.user.k", b"v"), ("mtime", b"1700000000.123456789")])
+        .file("opt/x", b"x")
+        .dir("usr/lib/", 0o755)
+        .file("usr/lib/.wh..wh..opq", b"")
+        .file("usr/lib/only", b"only");
+    layers.push(t.bytes());
+    layers
+}
+
+#[test]
+fn export_save_flatten_round_trips() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("oci");
+    write_oci_layout(&layout, &rich_layers(), "v1");
+    let store = store_in(dir.path());
+    let pb = ProgressBar::hidden();
+    import(&store, &layout, "orig", &ImportOptions::default(), &pb).unwrap();
+    let orig = merged_tree(&store, "orig");
+    assert!(!orig.contains_key(&b"/usr/lib/gone"[..]), "whited out");
+    assert!(!orig.contains_key(&b"/usr/lib/libbig.so"[..]), "hidden by the opaque directory");
+    assert!(orig.contains_key(&b"/usr/lib/only"[..]));
+    let root = dir.path().join("store");
+    let root = root.to_str().unwrap();
+
+    // export -> import: the same tree.
+    let tarball = dir.path().join("rootfs.tar");
+    let out = Command::new(env!("CARGO_BIN_EXE_layertool"))
+        .args(["--root", root, "export", "orig", "-o", tarball.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // GNU tar reads it too.
+    let list = Command::new("tar").arg("tf").arg(&tarball).output().unwrap();
+    assert!(list.status.success());
+    assert!(String::from_utf8_lossy(&list.stdout).contains("opt/a-link"));
+    import(&store, &tarball, "reimported", &ImportOptions::default(), &pb).unwrap();
+    assert_eq!(merged_tree(&store, "reimported"), orig);
+
+    // save (OCI archive) -> import: the same tree and the same number of layers.
+    let archive = dir.path().join("image.tar");
+    let out = Command::new(env!("CARGO_BIN_EXE_layertool"))
+        .args(["--root", root, "save", "orig", "-o", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let loaded = import(&store, &archive, "loaded", &ImportOptions::default(), &pb).unwrap();
+    assert_eq!(loaded.image.layers.len(), 3);
+    assert_eq!(merged_tree(&store, "loaded"), orig);
+    assert_eq!(loaded.image.config, store.image("orig").unwrap().config);
+    // skopeo accepts the archive.
+    let inspect =
+        Command::new("skopeo").arg("inspect").arg(format!("oci-archive:{}", archive.display())).output().unwrap();
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+
+    // flatten: one layer, the same tree, no object copied.
+    let objects_before = walk(&store.objects_dir()).len();
+    let out = Command::new(env!("CARGO_BIN_EXE_layertool"))
+        .args(["--root", root, "flatten", "orig", "flat"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(store.image("flat").unwrap().layers.len(), 1);
+    assert_eq!(merged_tree(&store, "flat"), orig);
+    assert_eq!(walk(&store.objects_dir()).len(), objects_before);
 }
