@@ -313,10 +313,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let img = store.image(&image)?;
             let layers = tools::open_image_layers(&store, &img)?;
             let top_first: Vec<&MappedLayer> = layers.iter().rev().collect();
-            let stats = write_output(&output, |w| {
-                tools::export::export_merged(&top_first, Some(&store), w).map(|(w, s)| (w, s))
-            })
-            .with_context(|| format!("exporting {image}"))?;
+            let stats = write_output(&output, |w| tools::export::export_merged(&top_first, Some(&store), w))
+                .with_context(|| format!("exporting {image}"))?;
             for s in &stats.skipped {
                 eprintln!("warning: {s}: a socket cannot be stored in a tar; skipped");
             }
