@@ -16,11 +16,14 @@
 pub mod core;
 pub mod dir_lower;
 pub mod error;
+pub mod fuse;
 pub mod ino;
 pub mod inode;
 pub mod lower;
 pub mod mapping;
 pub mod mem_lower;
+pub mod mount;
+pub mod options;
 pub mod sys;
 pub mod upper;
 

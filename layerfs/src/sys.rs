@@ -507,18 +507,51 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-/// `fork()`: only called by the binary before any thread is started.
-///
-/// # Safety
-/// The caller must be single-threaded.
-pub unsafe fn fork() -> io::Result<libc::pid_t> {
-    // SAFETY: the caller guarantees the process is single-threaded, so the child may run Rust.
+fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+}
+
+/// `fork()`, refused (EBUSY) unless the process has exactly one thread: the child then runs
+/// Rust code safely. Returns the child's pid in the parent and 0 in the child.
+pub fn fork_single_threaded() -> io::Result<libc::pid_t> {
+    if thread_count()? != 1 {
+        return Err(io::Error::from_raw_os_error(libc::EBUSY));
+    }
+    // SAFETY: checked just above that the process is single-threaded, so no lock can be held
+    // by a thread that does not exist in the child.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
         Err(io::Error::last_os_error())
     } else {
         Ok(pid)
     }
+}
+
+/// Points stdin at /dev/null and stdout/stderr at `log` (or /dev/null).
+pub fn redirect_stdio(log: Option<&std::path::Path>) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let out = match log {
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)?,
+        None => null.try_clone()?,
+    };
+    // SAFETY: dup2 onto the standard fds with fds we own; the originals stay valid.
+    unsafe {
+        cvt(libc::dup2(null.as_raw_fd(), 0))?;
+        cvt(libc::dup2(out.as_raw_fd(), 1))?;
+        cvt(libc::dup2(out.as_raw_fd(), 2))?;
+    }
+    Ok(())
 }
 
 /// `setsid()`.
@@ -535,24 +568,6 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
         cvt(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC))?;
         Ok((OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])))
     }
-}
-
-/// Redirects stdin/stdout/stderr to `/dev/null` (daemon mode).
-pub fn redirect_stdio_to_null() -> io::Result<()> {
-    // SAFETY: the path is a NUL-terminated literal; dup2 on the standard fds is what a daemon does.
-    unsafe {
-        let fd = cvt(libc::open(
-            c"/dev/null".as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC,
-        ))?;
-        for target in 0..3 {
-            cvt(libc::dup2(fd, target))?;
-        }
-        if fd > 2 {
-            libc::close(fd);
-        }
-    }
-    Ok(())
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort).
