@@ -900,6 +900,9 @@ impl Union {
             }
             _ => sys::mknodat(work, tmp, a.mode, a.rdev)?,
         }
+        // Owner first: a chown drops file capabilities and set-id bits, so xattrs and the
+        // mode come after it.
+        sys::fchownat(work, tmp, a.uid, a.gid)?;
         let at = sys::XattrPath::child(work, tmp);
         for name in lower.listxattr(lr.ino)? {
             if is_internal_xattr(&name) {
@@ -923,7 +926,6 @@ impl Union {
                 format!("{}:{}", origin.0.0, origin.1.0).as_bytes(),
             )?;
         }
-        sys::fchownat(work, tmp, a.uid, a.gid)?;
         if kind != FileKind::Symlink {
             let fd = sys::openat(work, tmp, libc::O_PATH, 0)?;
             sys::fchmod_any(fd.as_fd(), a.mode & 0o7777)?;
