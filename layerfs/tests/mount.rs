@@ -813,3 +813,84 @@ fn churn() {
     }
     m.umount();
 }
+
+/// FUSE passthrough engages: a read through an open file is served while the daemon is
+/// stopped (SIGSTOP). Contents are the same with passthrough turned off.
+#[test]
+fn passthrough_engages_and_fallback_matches() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    write(e.l(0).join("lower"), &data);
+    let m = e.mount();
+    write(e.m("upper"), &data);
+    let pid = nix::unistd::Pid::from_raw(daemon_pids(&e.mnt)[0] as i32);
+    let lower = fs::File::open(e.m("lower")).unwrap();
+    let upper = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(e.m("upper"))
+        .unwrap();
+    // Writes are not checked while stopped: the kernel asks the daemon whether a write must
+    // drop privileges (getxattr security.capability) before a passthrough write.
+    std::os::unix::fs::FileExt::write_all_at(&upper, b"via-passthrough", 10).unwrap();
+    struct Cont(nix::unistd::Pid);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let cont = Cont(pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Only read/write calls: anything else (fstat) would need the daemon.
+    let reader = std::thread::spawn(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 400_000];
+        let mut n = 0;
+        let r1 = loop {
+            match lower.read_at(&mut buf[n..], n as u64) {
+                Ok(0) => break Some(buf[..n].to_vec()),
+                Ok(k) => n += k,
+                Err(_) => break None,
+            }
+        };
+        let r2 = true;
+        let mut b2 = vec![0u8; 15];
+        let r3 = upper.read_exact_at(&mut b2, 10).map(|_| b2);
+        let _ = tx.send((r1, r2, r3.ok()));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(10));
+    drop(cont);
+    reader.join().unwrap();
+    let (r1, r2, r3) =
+        got.expect("I/O blocked while the daemon was stopped: passthrough not engaged");
+    assert_eq!(r1.as_deref(), Some(&data[..]));
+    assert!(r2);
+    assert_eq!(r3.as_deref(), Some(&b"via-passthrough"[..]));
+    m.umount();
+    // Fallback: the daemon serves the data itself.
+    let m = e.mount_with(&["-o", "passthrough=0"]);
+    assert_eq!(fs::read(e.m("lower")).unwrap(), data);
+    let up = fs::read(e.m("upper")).unwrap();
+    assert_eq!(&up[10..25], b"via-passthrough");
+    // copy-up while a read is open
+    let mut r = fs::File::open(e.m("lower")).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(e.m("lower"))
+        .unwrap()
+        .write_all(b"!")
+        .unwrap();
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).unwrap();
+    assert_eq!(&buf[..data.len()], &data[..]);
+    assert_eq!(
+        fs::metadata(e.m("lower")).unwrap().len(),
+        data.len() as u64 + 1
+    );
+    drop(r);
+    m.umount();
+}
