@@ -325,6 +325,7 @@ impl Union {
             impure: true,
             lower_path: Some(Vec::new()),
             indexed: false,
+            metacopy: false,
         };
         let root = table.insert_root(Inode::new(
             Ino::ROOT,
@@ -456,7 +457,8 @@ impl Union {
                         layer: lr.layer,
                         ino,
                     });
-                    if l.is_opaque(ino)? {
+                    // The lowest layer's opacity hides nothing: skip the question.
+                    if lr.layer + 1 < self.layers.len() && l.is_opaque(ino)? {
                         break;
                     }
                 }
@@ -540,7 +542,7 @@ impl Union {
                     };
                     if kind.is_dir() {
                         state.lowers.push(r);
-                        if !l.is_opaque(ino)? {
+                        if i + 1 < ps.lowers.len() && !l.is_opaque(ino)? {
                             state
                                 .lowers
                                 .extend(self.merge_lower_dirs(&ps.lowers[i + 1..], name)?);
@@ -598,6 +600,28 @@ impl Union {
             }
         } else if st.st_nlink > 1 && origin.is_some() {
             state.indexed = true;
+        } else if kind == FileKind::Regular && u.get(&at, &u.names.metacopy).is_some() {
+            // Data still in the lower file at the same path.
+            for lr in &ps.lowers {
+                match self.layers[lr.layer].lookup(lr.ino, name)? {
+                    LowerLookup::NotFound => continue,
+                    LowerLookup::Found {
+                        ino,
+                        kind: FileKind::Regular,
+                    } => {
+                        state.lowers.push(LowerRef {
+                            layer: lr.layer,
+                            ino,
+                        });
+                        state.metacopy = true;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            if !state.metacopy {
+                tracing::warn!(name = %String::from_utf8_lossy(name), "metacopy without lower data");
+            }
         }
         state.origin = origin;
         let ino = match origin {
@@ -721,6 +745,12 @@ impl Union {
 
     fn attr_from_stat(&self, inode: &Inode, st: &sys::Stat, s: &State) -> Attr {
         let mut a = self.attr_from_lower(inode, &attr_from_stat(st), false);
+        if s.metacopy
+            && let Some(lr) = s.lowers.first()
+            && let Ok(la) = self.layers[lr.layer].getattr(lr.ino)
+        {
+            a.blocks = la.blocks;
+        }
         if inode.kind.is_dir() && !s.lowers.is_empty() {
             a.nlink = 1;
         } else if s.indexed && st.st_nlink > 1 {
@@ -779,9 +809,29 @@ impl Union {
 
     /// Makes sure `inode` exists in the upper directory (and so do its ancestors).
     pub fn copy_up(&self, inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up_inner(inode, false)
+    }
+
+    /// Copy-up for a metadata change: regular files get a metadata-only copy (see
+    /// `upper.rs`); everything else a full one.
+    pub fn copy_up_meta(&self, inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up_inner(inode, true)
+    }
+
+    fn copy_up_inner(&self, inode: &Arc<Inode>, meta_only: bool) -> Result<()> {
         self.upper()?;
+        {
+            let s = inode.state();
+            if s.upper && (!s.metacopy || meta_only) {
+                return Ok(());
+            }
+        }
         if inode.state().upper {
-            return Ok(());
+            let mut cs = inode.state();
+            if !cs.metacopy {
+                return Ok(());
+            }
+            return self.finish_metacopy(inode, &mut cs);
         }
         loop {
             let pos = inode.pos();
@@ -798,8 +848,33 @@ impl Union {
             {
                 continue; // renamed meanwhile
             }
-            return self.copy_up_locked(&parent, &mut ps, inode, &mut cs, &now.name);
+            return self.copy_up_locked(&parent, &mut ps, inode, &mut cs, &now.name, meta_only);
         }
+    }
+
+    /// Copies the data of a metadata-only copy into the upper file in place, then drops the
+    /// metacopy mark (until then the lower data stays authoritative: crash-safe).
+    fn finish_metacopy(&self, inode: &Inode, cs: &mut State) -> Result<()> {
+        let u = self.upper()?;
+        let lr = *cs.lowers.first().ok_or(Errno::EIO)?;
+        let loc = self.upper_loc(inode)?;
+        let st = loc.stat()?;
+        let file = loc.open(libc::O_WRONLY)?;
+        let size = self.layers[lr.layer].getattr(lr.ino)?.size;
+        self.copy_data(lr, size, &file)?;
+        file.set_len(st.st_size as u64)?;
+        drop(file);
+        let (d, n) = loc.dir_name();
+        sys::utimensat(
+            d,
+            n,
+            Some(to_settime(ts_of(st.st_atime, st.st_atime_nsec))),
+            Some(to_settime(ts_of(st.st_mtime, st.st_mtime_nsec))),
+        )?;
+        u.remove(&loc.xattr(), &u.names.metacopy)?;
+        cs.metacopy = false;
+        cs.lowers.clear();
+        Ok(())
     }
 
     fn copy_up_locked(
@@ -809,11 +884,13 @@ impl Union {
         inode: &Inode,
         cs: &mut State,
         name: &[u8],
+        meta_only: bool,
     ) -> Result<()> {
         let u = self.upper()?;
         let lr = *cs.lowers.first().ok_or(Errno::ESTALE)?;
         let lower = &self.layers[lr.layer];
         let a = lower.getattr(lr.ino)?;
+        let metacopy = meta_only && inode.kind == FileKind::Regular && a.nlink <= 1 && a.size > 0;
         let pfd = self.upper_dir_fd(parent)?;
         let cname = sys::cstr(name)?;
         let pst = sys::fstat(pfd.as_fd())?;
@@ -826,7 +903,7 @@ impl Union {
             // Another alias was copied up already: this name becomes one more link.
             sys::linkat(u.index(), &Self::index_key(origin), pfd.as_fd(), &cname)?;
         } else {
-            let r = self.build_copy(u, work, &tmp, inode.kind, lr, &a, origin);
+            let r = self.build_copy(u, work, &tmp, inode.kind, lr, &a, origin, metacopy);
             if let Err(e) = r {
                 let _ = sys::unlinkat(work, &tmp, inode.kind.is_dir());
                 return Err(e);
@@ -864,7 +941,8 @@ impl Union {
         cs.upper = true;
         cs.origin = Some(origin);
         cs.indexed = hardlinked;
-        if !inode.kind.is_dir() {
+        cs.metacopy = metacopy;
+        if !inode.kind.is_dir() && !metacopy {
             cs.lowers.clear();
         }
         Ok(())
@@ -881,6 +959,7 @@ impl Union {
         lr: LowerRef,
         a: &LowerAttr,
         origin: (LayerId, LowerIno),
+        metacopy: bool,
     ) -> Result<()> {
         let lower = &self.layers[lr.layer];
         match kind {
@@ -896,7 +975,12 @@ impl Union {
                     libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
                     0o600,
                 )?;
-                self.copy_data(lr, a.size, &File::from(fd))?;
+                let f = File::from(fd);
+                if metacopy {
+                    f.set_len(a.size)?;
+                } else {
+                    self.copy_data(lr, a.size, &f)?;
+                }
             }
             _ => sys::mknodat(work, tmp, a.mode, a.rdev)?,
         }
@@ -918,6 +1002,9 @@ impl Union {
                     return Err(e.into());
                 }
             }
+        }
+        if metacopy {
+            u.set(&at, &u.names.metacopy, b"")?;
         }
         if kind != FileKind::Symlink || u.names.origin.to_bytes().starts_with(b"trusted.") {
             u.set(
@@ -1583,7 +1670,11 @@ impl Union {
     /// `setattr`: size, owner, mode, times (in that order); copies up first.
     pub fn setattr(&self, ino: Ino, s: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
-        self.copy_up(&inode)?;
+        if s.size.is_some() {
+            self.copy_up(&inode)?;
+        } else {
+            self.copy_up_meta(&inode)?;
+        }
         let loc = self.upper_loc(&inode)?;
         if let Some(size) = s.size {
             if inode.kind.is_dir() {
@@ -1682,7 +1773,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         let inode = self.inode(ino)?;
-        self.copy_up(&inode)?;
+        self.copy_up_meta(&inode)?;
         let loc = self.upper_loc(&inode)?;
         Ok(sys::setxattr(
             &loc.xattr(),
@@ -1702,7 +1793,7 @@ impl Union {
             // Check that it exists before copying up for nothing.
             self.getxattr(ino, name)?;
         }
-        self.copy_up(&inode)?;
+        self.copy_up_meta(&inode)?;
         let loc = self.upper_loc(&inode)?;
         Ok(sys::removexattr(&loc.xattr(), &sys::cstr(name)?)?)
     }
@@ -1767,7 +1858,7 @@ impl Union {
                 | libc::O_DSYNC
                 | libc::O_NOATIME);
         let s = inode.state().clone();
-        let (src, backing, keep_cache) = if s.upper {
+        let (src, backing, keep_cache) = if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
             (
                 FileSrc::Upper(file),
@@ -1793,7 +1884,7 @@ impl Union {
                     file,
                 },
                 backing,
-                true,
+                !s.upper,
             )
         };
         let fh = self.new_handle(Handle::File(FileHandle {
@@ -2417,6 +2508,44 @@ mod tests {
             read_all(u, path_ino(u, "a/top.txt").unwrap().ino),
             b"bottom"
         );
+    }
+
+    #[test]
+    fn metadata_only_copy_up_then_write() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "a/bottom.txt").unwrap();
+        u.setattr(
+            b.ino,
+            &SetAttr {
+                mode: Some(0o640),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let up = upper_path(&f).join("a/bottom.txt");
+        assert_eq!(std::fs::metadata(&up).unwrap().len(), 6);
+        assert_eq!(std::fs::read(&up).unwrap(), [0u8; 6], "data was copied");
+        assert_eq!(read_all(u, b.ino), b"bottom");
+        assert_eq!(u.getattr(b.ino, None).unwrap().perm, 0o640);
+        let f = remount(f, base());
+        let u = &f.u;
+        let b2 = path_ino(u, "a/bottom.txt").unwrap();
+        assert_eq!((b2.ino, b2.perm), (b.ino, 0o640));
+        assert_eq!(read_all(u, b2.ino), b"bottom");
+        let o = u.open(b2.ino, libc::O_WRONLY).unwrap();
+        u.write(o.fh, 0, b"B").unwrap();
+        u.release(o.fh);
+        assert_eq!(read_all(u, b2.ino), b"Bottom");
+        assert_eq!(
+            std::fs::read(upper_path(&f).join("a/bottom.txt")).unwrap(),
+            b"Bottom"
+        );
+        let f = remount(f, base());
+        let u = &f.u;
+        let b3 = path_ino(u, "a/bottom.txt").unwrap();
+        assert_eq!(read_all(u, b3.ino), b"Bottom");
+        assert_eq!(b3.perm, 0o640);
     }
 
     #[test]

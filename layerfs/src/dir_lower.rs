@@ -28,6 +28,7 @@ use crate::sys;
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
 const WH_PREFIX: &[u8] = b".wh.";
 const DIR_FD_CACHE: usize = 512;
+const ATTR_CACHE: usize = 4096;
 
 #[derive(Debug)]
 struct Loc {
@@ -43,6 +44,11 @@ pub struct DirLower {
     root_ino: u64,
     locs: RwLock<HashMap<u64, Loc>>,
     dir_fds: Mutex<lru::LruCache<u64, Arc<OwnedFd>>>,
+    /// Attributes seen by recent lookups (the layer is immutable: never stale), so the
+    /// `getattr` that follows a lookup costs no syscall.
+    attrs: Mutex<lru::LruCache<u64, LowerAttr>>,
+    /// Opacity of directories already asked about.
+    opaque: RwLock<HashMap<u64, bool>>,
 }
 
 /// Converts a host `stat` to [`LowerAttr`].
@@ -103,6 +109,10 @@ impl DirLower {
             dir_fds: Mutex::new(lru::LruCache::new(
                 NonZeroUsize::new(DIR_FD_CACHE).unwrap_or(NonZeroUsize::MIN),
             )),
+            attrs: Mutex::new(lru::LruCache::new(
+                NonZeroUsize::new(ATTR_CACHE).unwrap_or(NonZeroUsize::MIN),
+            )),
+            opaque: RwLock::new(HashMap::new()),
         })
     }
 
@@ -176,6 +186,9 @@ impl Lower for DirLower {
                     return Ok(LowerLookup::Whiteout);
                 }
                 let kind = FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
+                if let Ok(mut c) = self.attrs.lock() {
+                    c.put(st.st_ino, attr_from_stat(&st));
+                }
                 let mut locs = self.locs.write().map_err(|_| Errno::EIO)?;
                 locs.entry(st.st_ino).or_insert(Loc {
                     parent: dir.0,
@@ -200,16 +213,28 @@ impl Lower for DirLower {
     }
 
     fn getattr(&self, ino: LowerIno) -> Result<LowerAttr> {
+        if let Some(a) = self
+            .attrs
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(&ino.0).copied())
+        {
+            return Ok(a);
+        }
         self.with_obj(ino.0, |d, n| Ok(attr_from_stat(&sys::fstatat(d, n)?)))
     }
 
     fn is_opaque(&self, dir: LowerIno) -> Result<bool> {
-        let dfd = self.dir_fd(dir.0)?;
-        if Self::has_opaque_xattr(&sys::XattrPath::fd(dfd.as_fd())) {
-            return Ok(true);
+        if let Some(o) = self.opaque.read().ok().and_then(|m| m.get(&dir.0).copied()) {
+            return Ok(o);
         }
-        let marker = sys::cstr(OPAQUE_MARKER)?;
-        Ok(sys::fstatat(dfd.as_fd(), &marker).is_ok())
+        let dfd = self.dir_fd(dir.0)?;
+        let o = Self::has_opaque_xattr(&sys::XattrPath::fd(dfd.as_fd()))
+            || sys::fstatat(dfd.as_fd(), &sys::cstr(OPAQUE_MARKER)?).is_ok();
+        if let Ok(mut m) = self.opaque.write() {
+            m.insert(dir.0, o);
+        }
+        Ok(o)
     }
 
     fn readdir(

@@ -64,6 +64,9 @@ pub struct State {
     pub lower_path: Option<Vec<u8>>,
     /// Regular files: the upper copy is linked into the hard-link index.
     pub indexed: bool,
+    /// Regular files: the upper copy holds metadata only (`overlay.metacopy`); the data is
+    /// still `lowers[0]`'s.
+    pub metacopy: bool,
 }
 
 /// An inode of the merged tree.

@@ -11,6 +11,11 @@
 //! - Hard-link index: `WORK/index/LAYER-INO`, a hard link to the copied-up file, so other
 //!   aliases of a lower hard link find the copy (also after remount). Merged link count:
 //!   `trusted.layerfs.nlink`.
+//! - Metadata-only copy-up (chmod, chown, utimes, xattr changes of a lower regular file): a
+//!   sparse upper file of the right size with `trusted.overlay.metacopy` (empty value); the data
+//!   stays in the lower file at the same path until the first write, which copies it into the
+//!   upper file in place and then removes the xattr (a crash in between leaves a valid
+//!   metacopy). Kernel overlayfs reads this with `metacopy=on`.
 //! - Temporary objects are built in `WORK/work/` and renamed into place (atomic copy-up).
 //!
 //! The upper root, `WORK/work` and `WORK/index` are opened once; everything else is reached
@@ -38,6 +43,8 @@ pub struct XattrNames {
     pub origin: CString,
     /// `*.layerfs.nlink`
     pub nlink: CString,
+    /// `*.overlay.metacopy`
+    pub metacopy: CString,
 }
 
 impl XattrNames {
@@ -49,6 +56,7 @@ impl XattrNames {
             impure: n("overlay.impure"),
             origin: n("layerfs.origin"),
             nlink: n("layerfs.nlink"),
+            metacopy: n("overlay.metacopy"),
         }
     }
 }
@@ -169,7 +177,16 @@ impl Upper {
             source,
         })?;
         let index = sub_dir(workdir.as_fd(), c"index", work)?;
-        let privileged = sys::geteuid() == 0;
+        // trusted.* needs CAP_SYS_ADMIN in the initial user namespace: probe it (a root inside a
+        // user namespace gets EPERM) and fall back to user.* like overlayfs' `userxattr`.
+        let probe = sys::XattrPath::fd(w.as_fd());
+        let privileged = match sys::setxattr(&probe, c"trusted.layerfs.probe", b"1", 0) {
+            Ok(()) => {
+                let _ = sys::removexattr(&probe, c"trusted.layerfs.probe");
+                true
+            }
+            Err(_) => false,
+        };
         let (prefix, alt) = if privileged {
             ("trusted.", "user.")
         } else {

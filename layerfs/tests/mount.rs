@@ -644,20 +644,27 @@ fn upper_works_under_kernel_overlay() {
     fs::remove_dir_all(e.m("old")).unwrap();
     fs::create_dir(e.m("old")).unwrap();
     fs::rename(e.m("keep"), e.m("kept")).unwrap();
-    let tree = sh(&format!("cd {} && find . | sort", e.mnt.display()));
+    fs::set_permissions(e.m("d/b"), fs::Permissions::from_mode(0o600)).unwrap(); // metacopy
+    let tree = sh(&format!(
+        "cd {} && find . -printf '%p %m %s\n' | sort && cat d/b",
+        e.mnt.display()
+    ));
     m.umount();
     let kmnt = e.dir.path().join("kmnt");
     fs::create_dir(&kmnt).unwrap();
     let kwork = e.dir.path().join("kwork");
     fs::create_dir(&kwork).unwrap();
     sh(&format!(
-        "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={},redirect_dir=on {}",
+        "mount -t overlay overlay -o lowerdir={},upperdir={},workdir={},redirect_dir=on,metacopy=on {}",
         e.lowerdir(),
         e.upper.display(),
         kwork.display(),
         kmnt.display()
     ));
-    let ktree = sh(&format!("cd {} && find . | sort", kmnt.display()));
+    let ktree = sh(&format!(
+        "cd {} && find . -printf '%p %m %s\n' | sort && cat d/b",
+        kmnt.display()
+    ));
     sh(&format!("umount {}", kmnt.display()));
     assert_eq!(tree, ktree);
 }
