@@ -484,7 +484,11 @@ impl Union {
     /// Lower directories at `path` (components separated by `/`) from the layer roots.
     fn lower_dirs_at(&self, path: &[u8]) -> Result<Vec<LowerRef>> {
         let mut cur = self.root_lowers();
-        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty()) {
+        // Redirects come from the upper (written by us): still, never follow `.`/`..`.
+        for comp in path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty() && *c != b"." && *c != b"..")
+        {
             if cur.is_empty() {
                 break;
             }
@@ -1264,16 +1268,9 @@ impl Union {
         }
         self.copy_up(&inode)?;
         let src = self.upper_loc(&inode)?;
-        let ctx = Ctx {
-            uid: 0,
-            gid: 0,
-            pid: 0,
-        };
         let origin = inode.state().origin;
         let np = self.inode(newparent)?;
-        let _ = ctx;
         // Link, replacing a whiteout like any creation.
-        check_new_name(newname)?;
         let u = self.upper()?;
         self.copy_up(&np)?;
         let mut ps = np.state();
@@ -1514,7 +1511,7 @@ impl Union {
             self.copy_up(d)?;
         }
 
-        // Phase 2: lock both parents (ascending node id) and move.
+        // Phase 2: lock both parents (see the lock order in inode.rs) and move.
         let (g1, g2);
         let (ps_o, ps_n): (State, State);
         if Arc::ptr_eq(&op, &np) {
@@ -1522,14 +1519,15 @@ impl Union {
             g2 = None;
             ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
             ps_n = ps_o.clone();
-        } else if op.ino < np.ino {
-            g1 = Some(op.state());
+        } else if !self.is_ancestor(&op, &np) && (self.is_ancestor(&np, &op) || np.ino < op.ino) {
+            // Lock order: a directory before anything inside it, else ascending node id.
             g2 = Some(np.state());
+            g1 = Some(op.state());
             ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
             ps_n = g2.as_ref().map(|g| (**g).clone()).unwrap_or_default();
         } else {
-            g2 = Some(np.state());
             g1 = Some(op.state());
+            g2 = Some(np.state());
             ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
             ps_n = g2.as_ref().map(|g| (**g).clone()).unwrap_or_default();
         }
@@ -1663,6 +1661,18 @@ impl Union {
             self.mark_impure(&op, &mut State::default())?;
         }
         Ok(())
+    }
+
+    /// Whether `a` is a proper ancestor of `b` (positions only: leaf locks).
+    fn is_ancestor(&self, a: &Arc<Inode>, b: &Arc<Inode>) -> bool {
+        let mut cur = b.pos().parent;
+        while let Some(p) = cur {
+            if Arc::ptr_eq(&p, a) {
+                return true;
+            }
+            cur = p.pos().parent;
+        }
+        false
     }
 
     // ----- setattr, readlink, xattrs -----------------------------------------------------
