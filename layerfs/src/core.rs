@@ -1680,7 +1680,19 @@ impl Union {
     /// `setattr`: size, owner, mode, times (in that order); copies up first.
     pub fn setattr(&self, ino: Ino, s: &SetAttr) -> Result<Attr> {
         let inode = self.inode(ino)?;
-        if s.size.is_some() {
+        if s.size == Some(0) && inode.kind == FileKind::Regular {
+            // Truncation to zero (`> file`, O_TRUNC) needs none of the old data.
+            self.copy_up_meta(&inode)?;
+            let mut cs = inode.state();
+            if cs.metacopy {
+                let u = self.upper()?;
+                let loc = self.upper_loc(&inode)?;
+                loc.open(libc::O_WRONLY)?.set_len(0)?;
+                u.remove(&loc.xattr(), &u.names.metacopy)?;
+                cs.metacopy = false;
+                cs.lowers.clear();
+            }
+        } else if s.size.is_some() {
             self.copy_up(&inode)?;
         } else {
             self.copy_up_meta(&inode)?;
@@ -2556,6 +2568,36 @@ mod tests {
         let b3 = path_ino(u, "a/bottom.txt").unwrap();
         assert_eq!(read_all(u, b3.ino), b"Bottom");
         assert_eq!(b3.perm, 0o640);
+    }
+
+    #[test]
+    fn truncate_to_zero_copies_no_data() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        u.setattr(
+            b.ino,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(u.getattr(b.ino, None).unwrap().size, 0);
+        let t = path_ino(u, "a/top.txt").unwrap();
+        u.setattr(
+            t.ino,
+            &SetAttr {
+                size: Some(0),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(read_all(u, t.ino).is_empty());
+        let f = remount(f, base());
+        let u = &f.u;
+        assert!(read_all(u, path_ino(u, "a/top.txt").unwrap().ino).is_empty());
+        assert_eq!(path_ino(u, "big2").unwrap().size, 0);
     }
 
     #[test]
