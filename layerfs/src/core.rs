@@ -1832,7 +1832,12 @@ impl Union {
                     files: s.f_files,
                     ffree: s.f_ffree,
                     bsize: s.f_bsize as u32,
-                    namelen: NAME_MAX as u32,
+                    // `.wh.NAME` whiteout files need four more bytes.
+                    namelen: if u.mknod_whiteouts() {
+                        NAME_MAX as u32
+                    } else {
+                        NAME_MAX as u32 - 4
+                    },
                     frsize: s.f_frsize as u32,
                 })
             }

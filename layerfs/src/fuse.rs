@@ -35,6 +35,8 @@ pub struct FsOptions {
     pub passthrough: bool,
     /// Largest write request.
     pub max_write: u32,
+    /// fsync does nothing (`volatile`).
+    pub volatile: bool,
 }
 
 impl Default for FsOptions {
@@ -43,6 +45,7 @@ impl Default for FsOptions {
             ttl: Duration::from_secs(86400),
             passthrough: true,
             max_write: 1 << 20,
+            volatile: false,
         }
     }
 }
@@ -565,6 +568,9 @@ impl Filesystem for LayerFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        if self.opts.volatile {
+            return reply.ok();
+        }
         reply_err!(reply, self.core.fsync(Fh(fh.0), datasync), |()| reply.ok());
     }
 

@@ -67,6 +67,7 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
         FsOptions {
             ttl: cfg.timeout,
             passthrough: cfg.passthrough,
+            volatile: cfg.volatile,
             ..FsOptions::default()
         },
     );

@@ -77,6 +77,8 @@ pub struct MountConfig {
     pub flags: Flags,
     /// Log file (daemon mode).
     pub log: Option<PathBuf>,
+    /// `volatile` / `fsync=0`: fsync is a no-op (containers-storage's volatile mode).
+    pub volatile: bool,
     /// Options that were ignored (reported as warnings).
     pub ignored: Vec<String>,
 }
@@ -96,6 +98,7 @@ impl Default for MountConfig {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
             flags: Flags::default(),
             log: std::env::var_os("LAYERFS_LOG").map(PathBuf::from),
+            volatile: false,
             ignored: Vec::new(),
         }
     }
@@ -220,6 +223,8 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
             }
         }
         ("log", Some(v)) => cfg.log = Some(v.into()),
+        ("volatile", None) => cfg.volatile = true,
+        ("fsync" | "sync", Some(v)) => cfg.volatile = !parse_bool(opt, v)?,
         ("fsname", Some(v)) => cfg.source = v.into(),
         ("debug", None) => cfg.debug = true,
         ("ro", None) => cfg.flags.ro = true,
@@ -252,14 +257,13 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
             | "splice_move"
             | "static_nlink"
             | "noacl"
-            | "volatile"
             | "userxattr",
             None,
         ) => {}
         (
             "context" | "fscontext" | "defcontext" | "rootcontext" | "subtype" | "max_write"
-            | "fsync" | "sync" | "fast_ino" | "fast_ino_check" | "writeback" | "xino"
-            | "redirect_dir" | "index" | "metacopy" | "noxattrs" | "plugins" | "ino32_t",
+            | "fast_ino" | "fast_ino_check" | "writeback" | "xino" | "redirect_dir" | "index"
+            | "metacopy" | "noxattrs" | "plugins" | "ino32_t",
             Some(_),
         ) => {}
         _ => cfg.ignored.push(opt.to_string()),
