@@ -788,9 +788,24 @@ fn churn() {
                         }
                         _ => {
                             let _ = fs::remove_file(root.join(format!("d{t}/f")));
+                            let _ = fs::remove_dir(root.join(format!("d{t}/mv{}", (t + 3) % 4)));
                             let _ = fs::remove_dir(root.join(format!("d{t}")));
                         }
                     }
+                    // directory renames across parents, both directions (lock order)
+                    let (x, y) = if i % 2 == 0 {
+                        (
+                            root.join(format!("mv{t}")),
+                            root.join(format!("d{}/mv{t}", (t + 1) % 4)),
+                        )
+                    } else {
+                        (
+                            root.join(format!("d{}/mv{t}", (t + 1) % 4)),
+                            root.join(format!("mv{t}")),
+                        )
+                    };
+                    let _ = fs::create_dir(&x);
+                    let _ = fs::rename(&x, &y);
                     if i % 50 == 0 {
                         // make the kernel forget inodes
                         let _ = fs::write("/proc/sys/vm/drop_caches", b"2");
