@@ -1334,6 +1334,25 @@ impl Union {
         let u = self.upper()?;
         let p = self.inode(parent)?;
         self.copy_up(&p)?;
+        {
+            // A lower hard link losing a name: copy it into the index first, so the other
+            // names keep an exact link count (also after remount).
+            let s = p.state().clone();
+            if let Some(f) = self.resolve(&p, &s, name)?
+                && !f.state.upper
+                && f.kind == FileKind::Regular
+                && let Some(lr) = f.state.lowers.first()
+                && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
+            {
+                let i = self.probe_inode(&p, name, f);
+                self.copy_up(&i)?;
+                // The copy may sit at another name of the inode: give this name its link.
+                let s = p.state().clone();
+                if self.resolve(&p, &s, name)?.is_some_and(|f| !f.state.upper) {
+                    self.link_alias_up(&p, name, &i)?;
+                }
+            }
+        }
         let ps = p.state();
         let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
         if dir && !found.kind.is_dir() {
@@ -1371,7 +1390,20 @@ impl Union {
         let mut last_link = true;
         if found.state.upper {
             let st = sys::fstatat(pfd.as_fd(), &cname)?;
-            last_link = dir || st.st_nlink <= 1 || (found.state.indexed && st.st_nlink <= 2);
+            last_link = if found.state.indexed {
+                // The merged count lives in the inode's xattr (the index holds a link too).
+                let at = sys::XattrPath::child(pfd.as_fd(), &cname);
+                let n = u
+                    .get(&at, &u.names.nlink)
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+                    .unwrap_or((st.st_nlink as u32).saturating_sub(1));
+                if n > 1 {
+                    u.set(&at, &u.names.nlink, (n - 1).to_string().as_bytes())?;
+                }
+                n <= 1
+            } else {
+                dir || st.st_nlink <= 1
+            };
             // Keep open-unlinked files reachable.
             let detached = match &child {
                 Some(_) if !dir => {
@@ -1401,18 +1433,14 @@ impl Union {
             } else {
                 sys::unlinkat(pfd.as_fd(), &cname, dir)?;
             }
-            if let Some(c) = &child {
-                if let Some(d) = detached {
-                    c.set_pos(|pp| {
-                        if pp.parent.as_ref().is_some_and(|x| Arc::ptr_eq(x, &p)) && pp.name == name
-                        {
-                            pp.detached = Some(d);
-                        }
-                    });
-                }
-                if !last_link {
-                    self.adjust_nlink(c, -1);
-                }
+            if let Some(c) = &child
+                && let Some(d) = detached
+            {
+                c.set_pos(|pp| {
+                    if pp.parent.as_ref().is_some_and(|x| Arc::ptr_eq(x, &p)) && pp.name == name {
+                        pp.detached = Some(d);
+                    }
+                });
             }
         } else {
             u.make_whiteout(pfd.as_fd(), name)?;
@@ -2603,6 +2631,26 @@ mod tests {
         let u = &f.u;
         assert!(read_all(u, path_ino(u, "a/top.txt").unwrap().ino).is_empty());
         assert_eq!(path_ino(u, "big2").unwrap().size, 0);
+    }
+
+    #[test]
+    fn removing_a_lower_hard_link_keeps_counts_exact() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        assert_eq!(b.nlink, 2);
+        u.remove(Ino::ROOT, b"big2", false).unwrap();
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        let f = remount(f, base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        assert_eq!(b.nlink, 1);
+        assert_eq!(path_ino(u, "big2").unwrap_err(), Errno::ENOENT);
+        let l = u.link(b.ino, Ino::ROOT, b"big3").unwrap();
+        assert_eq!(l.nlink, 2);
+        u.remove(Ino::ROOT, b"big", false).unwrap();
+        assert_eq!(path_ino(u, "big3").unwrap().nlink, 1);
+        assert_eq!(read_all(u, b.ino).len(), 10000);
     }
 
     #[test]
