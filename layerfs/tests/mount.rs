@@ -916,3 +916,40 @@ fn passthrough_engages_and_fallback_matches() {
     drop(r);
     m.umount();
 }
+
+/// A mount whose daemon died is reported (ENOTCONN), not hung, and can be unmounted.
+#[test]
+fn dead_daemon_is_reported() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    write(e.l(0).join("f"), b"x");
+    let m = e.mount();
+    let pid = daemon_pids(&e.mnt)[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while Path::new(&format!("/proc/{pid}/cmdline")).exists()
+        && !fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // ENOTCONN or ECONNABORTED, at once: not a hang
+    let err = fs::metadata(e.m("f")).unwrap_err().raw_os_error();
+    assert!(matches!(err, Some(107 | 103)), "{err:?}");
+    let out = std::process::Command::new(BIN)
+        .arg("mount")
+        .arg(e.l(0))
+        .arg(&e.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(msg.contains("daemon died"), "{msg}");
+    m.umount();
+}

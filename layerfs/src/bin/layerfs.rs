@@ -23,6 +23,15 @@ fn run_mount(cfg: MountConfig) -> anyhow::Result<()> {
     for o in &cfg.ignored {
         tracing::warn!("unknown argument ignored: {o}");
     }
+    if let Err(e) = std::fs::File::open(&cfg.mountpoint)
+        && matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    {
+        anyhow::bail!(
+            "{} is a FUSE mount whose daemon died; run `layerfs umount {}` first",
+            cfg.mountpoint.display(),
+            cfg.mountpoint.display()
+        );
+    }
     sys::raise_nofile_limit();
     // The kernel applies the caller's umask; ours must not apply a second one.
     sys::umask(0);
