@@ -1538,6 +1538,27 @@ impl Union {
         if exchange && let Some(d) = &dst {
             self.copy_up(d)?;
         }
+        // A lower hard link losing this name: index it first (see `remove`).
+        let dst_lower = dst.as_ref().and_then(|d| {
+            let s = d.state();
+            (d.kind == FileKind::Regular && !s.upper)
+                .then(|| s.lowers.first().copied())
+                .flatten()
+        });
+        if !exchange
+            && let Some(d) = &dst
+            && let Some(lr) = dst_lower
+            && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
+        {
+            self.copy_up(d)?;
+            let s = np.state().clone();
+            if self
+                .resolve(&np, &s, nname)?
+                .is_some_and(|f| !f.state.upper)
+            {
+                self.link_alias_up(&np, nname, d)?;
+            }
+        }
 
         // Phase 2: lock both parents (see the lock order in inode.rs) and move.
         let (g1, g2);
@@ -1637,9 +1658,22 @@ impl Union {
                 }
                 _ => None,
             };
-            let dst_links = sys::fstatat(nfd.as_fd(), &cnn)
+            let mut dst_links = sys::fstatat(nfd.as_fd(), &cnn)
                 .map(|s| s.st_nlink)
                 .unwrap_or(0);
+            let dst_indexed = dst.as_ref().is_some_and(|d| d.state().indexed);
+            if dst_indexed {
+                // The merged count lives in the inode's xattr (the index holds a link too).
+                let at = sys::XattrPath::child(nfd.as_fd(), &cnn);
+                let n = u
+                    .get(&at, &u.names.nlink)
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(dst_links.saturating_sub(1));
+                if n > 1 {
+                    u.set(&at, &u.names.nlink, (n - 1).to_string().as_bytes())?;
+                }
+                dst_links = n;
+            }
             let need_whiteout =
                 !ps_o.lowers.is_empty() && self.lower_first(&ps_o.lowers, oname)?.is_some();
             let mut done = false;
@@ -2651,6 +2685,20 @@ mod tests {
         u.remove(Ino::ROOT, b"big", false).unwrap();
         assert_eq!(path_ino(u, "big3").unwrap().nlink, 1);
         assert_eq!(read_all(u, b.ino).len(), 10000);
+    }
+
+    #[test]
+    fn renaming_over_a_lower_hard_link_keeps_counts_exact() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        u.rename(a.ino, b"top.txt", Ino::ROOT, b"big2", 0).unwrap();
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "big2").unwrap().ino), b"top");
+        let f = remount(f, base());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "big").unwrap().ino).len(), 10000);
     }
 
     #[test]
