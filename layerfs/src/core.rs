@@ -1,0 +1,2325 @@
+//! The union core: lookup, attributes, readdir merge, whiteouts, opaque directories, copy-up,
+//! and every namespace operation. No fuser types here: every method returns
+//! `Result<T, Errno>`, so the union logic is unit-tested without mounting (see the tests at
+//! the end, over [`crate::mem_lower::MemLower`]).
+//!
+//! See `layerfs/README.md` (ARCHITECTURE) for the on-disk format and the design of
+//! directory rename (redirects), hard links (index) and inode numbers.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::ops::ControlFlow;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::dir_lower::{attr_from_stat, is_whiteout_stat};
+use crate::error::{Errno, Result, SetupError};
+use crate::ino::{Fh, Generation, Ino, LayerId, UpperIno, lower_ino, upper_ino};
+use crate::inode::{Inode, InodeTable, LowerRef, Pos, State, lock};
+use crate::lower::{FileKind, Lower, LowerAttr, LowerDirEntry, LowerIno, LowerLookup, Timespec};
+use crate::sys::{self, SetTime};
+use crate::upper::{Upper, is_internal_xattr, remove_tree_contents};
+
+/// Longest name component accepted (names over it get `ENAMETOOLONG`).
+pub const NAME_MAX: usize = 255;
+
+/// The caller of a request.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Ctx {
+    /// Caller uid (new files belong to it).
+    pub uid: u32,
+    /// Caller gid.
+    pub gid: u32,
+    /// Caller pid.
+    pub pid: u32,
+}
+
+/// Attributes as reported to the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attr {
+    /// Node id and `st_ino`.
+    pub ino: Ino,
+    /// Generation of the node id.
+    pub generation: Generation,
+    /// Type.
+    pub kind: FileKind,
+    /// Permission bits (07777).
+    pub perm: u16,
+    /// Link count.
+    pub nlink: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Size.
+    pub size: u64,
+    /// 512-byte blocks.
+    pub blocks: u64,
+    /// Device number.
+    pub rdev: u32,
+    /// Access time.
+    pub atime: Timespec,
+    /// Modification time.
+    pub mtime: Timespec,
+    /// Change time.
+    pub ctime: Timespec,
+}
+
+/// One directory entry of a readdir snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirEntry {
+    /// Name.
+    pub name: Vec<u8>,
+    /// `d_ino` (equal to the `st_ino` a lookup gives).
+    pub ino: Ino,
+    /// Type.
+    pub kind: FileKind,
+}
+
+/// What `setattr` changes.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SetAttr {
+    /// New permission bits (type bits ignored).
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New size.
+    pub size: Option<u64>,
+    /// New access time.
+    pub atime: Option<SetTime>,
+    /// New modification time.
+    pub mtime: Option<SetTime>,
+    /// Open handle the change came through (ftruncate, fchmod).
+    pub fh: Option<Fh>,
+}
+
+/// Filesystem statistics.
+#[derive(Clone, Copy, Debug, Default)]
+#[allow(missing_docs)]
+pub struct Statfs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// Identity of a file's data source, for sharing one passthrough backing id per inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackingKey {
+    /// Inode.
+    pub ino: Ino,
+    /// Its generation.
+    pub generation: Generation,
+    /// `usize::MAX` for the upper copy, else the lower layer position.
+    pub source: usize,
+}
+
+/// Result of `open`/`create`.
+#[derive(Clone, Copy, Debug)]
+pub struct Opened {
+    /// The handle.
+    pub fh: Fh,
+    /// The data cannot change behind the kernel's back (lower-only): keep the page cache.
+    pub keep_cache: bool,
+    /// When the data is a file of its own: the key for passthrough.
+    pub backing: Option<BackingKey>,
+}
+
+enum FileSrc {
+    Upper(File),
+    Lower { layer: usize, ino: LowerIno, file: Option<File> },
+}
+
+struct FileHandle {
+    inode: Arc<Inode>,
+    src: FileSrc,
+    writable: bool,
+}
+
+struct DirHandle {
+    inode: Arc<Inode>,
+    snapshot: Mutex<Option<Arc<Vec<DirEntry>>>>,
+}
+
+enum Handle {
+    File(FileHandle),
+    Dir(DirHandle),
+}
+
+/// How to reach an upper object: a directory fd and a name, or an fd to the object itself.
+enum Loc {
+    At(Arc<OwnedFd>, CString),
+    Fd(Arc<OwnedFd>),
+}
+
+impl Loc {
+    fn dir_name(&self) -> (BorrowedFd<'_>, &CStr) {
+        match self {
+            Loc::At(d, n) => (d.as_fd(), n.as_c_str()),
+            Loc::Fd(f) => (f.as_fd(), c""),
+        }
+    }
+    fn stat(&self) -> Result<sys::Stat> {
+        let (d, n) = self.dir_name();
+        Ok(sys::fstatat(d, n)?)
+    }
+    fn xattr(&self) -> sys::XattrPath {
+        match self {
+            Loc::At(d, n) => sys::XattrPath::child(d.as_fd(), n),
+            Loc::Fd(f) => sys::XattrPath::fd(f.as_fd()),
+        }
+    }
+    fn open(&self, flags: i32) -> Result<File> {
+        match self {
+            Loc::At(d, n) => Ok(File::from(sys::openat(d.as_fd(), n, flags, 0)?)),
+            Loc::Fd(f) => Ok(File::from(sys::reopen(f.as_fd(), flags)?)),
+        }
+    }
+    fn opath(&self) -> Result<OwnedFd> {
+        match self {
+            Loc::At(d, n) if !n.is_empty() => Ok(sys::openat(d.as_fd(), n, libc::O_PATH, 0)?),
+            Loc::At(d, _) => Ok(nix::unistd::dup(d.as_fd())?),
+            Loc::Fd(f) => Ok(nix::unistd::dup(f.as_fd())?),
+        }
+    }
+}
+
+/// Outcome of resolving a name in a merged directory.
+struct Found {
+    kind: FileKind,
+    ino: Ino,
+    state: State,
+}
+
+/// The union filesystem core.
+pub struct Union {
+    layers: Vec<Arc<dyn Lower>>,
+    upper: Option<Upper>,
+    upper_root: Option<Arc<OwnedFd>>,
+    table: InodeTable,
+    root: Arc<Inode>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_fh: AtomicU64,
+    dir_fds: Mutex<lru::LruCache<Ino, (Generation, Arc<OwnedFd>)>>,
+}
+
+impl std::fmt::Debug for Union {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Union")
+            .field("layers", &self.layers.len())
+            .field("upper", &self.upper.is_some())
+            .field("table", &self.table)
+            .finish()
+    }
+}
+
+fn check_name(name: &[u8]) -> Result<()> {
+    if name.len() > NAME_MAX {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') {
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// Names the upper format cannot hold as plain entries.
+fn check_new_name(name: &[u8]) -> Result<()> {
+    check_name(name)?;
+    if name.starts_with(b".wh.") {
+        // `.wh.` names are whiteouts in layer tarballs and in fuse-overlayfs uppers.
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+fn join(base: &[u8], name: &[u8]) -> Vec<u8> {
+    if base.is_empty() {
+        name.to_vec()
+    } else {
+        let mut v = base.to_vec();
+        v.push(b'/');
+        v.extend_from_slice(name);
+        v
+    }
+}
+
+fn ts_of(st_sec: i64, st_nsec: i64) -> Timespec {
+    Timespec { sec: st_sec, nsec: st_nsec as u32 }
+}
+
+fn to_settime(t: Timespec) -> SetTime {
+    SetTime::At { sec: t.sec, nsec: t.nsec }
+}
+
+fn parse_origin(v: &[u8]) -> Option<(LayerId, LowerIno)> {
+    let s = std::str::from_utf8(v).ok()?;
+    let (l, i) = s.split_once(':')?;
+    Some((LayerId(l.parse().ok()?), LowerIno(i.parse().ok()?)))
+}
+
+fn is_enoent(e: &std::io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ENOENT)
+}
+
+impl Union {
+    /// Builds the union of `layers` (topmost first) under `upper` (`None`: read-only).
+    pub fn new(layers: Vec<Arc<dyn Lower>>, upper: Option<Upper>) -> std::result::Result<Union, SetupError> {
+        if layers.len() > crate::ino::MAX_LAYERS {
+            return Err(SetupError::TooManyLayers(layers.len()));
+        }
+        let table = InodeTable::new();
+        let upper_root = match &upper {
+            Some(u) => Some(Arc::new(nix::unistd::dup(u.root.as_fd()).map_err(|e| SetupError::Open {
+                what: "upper directory",
+                path: "(fd)".into(),
+                source: e.into(),
+            })?)),
+            None => None,
+        };
+        let root_opaque = match (&upper, &upper_root) {
+            (Some(u), Some(r)) => u.is_opaque(&sys::XattrPath::fd(r.as_fd())),
+            _ => false,
+        };
+        let mut lowers = Vec::new();
+        if !root_opaque {
+            for (i, l) in layers.iter().enumerate() {
+                lowers.push(LowerRef { layer: i, ino: l.root() });
+                if l.is_opaque(l.root()).unwrap_or(false) {
+                    break;
+                }
+            }
+        }
+        let state = State {
+            upper: upper.is_some(),
+            lowers,
+            origin: None,
+            impure: true,
+            lower_path: Some(Vec::new()),
+            indexed: false,
+            metacopy: false,
+        };
+        let root = table.insert_root(Inode::new(
+            Ino::ROOT,
+            table.new_generation(),
+            FileKind::Directory,
+            Pos { parent: None, name: Vec::new(), detached: None },
+            state,
+        ));
+        Ok(Union {
+            layers,
+            upper,
+            upper_root,
+            table,
+            root,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            dir_fds: Mutex::new(lru::LruCache::new(NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN))),
+        })
+    }
+
+    /// The inode table (for the adapter's forget handling and tests).
+    pub fn table(&self) -> &InodeTable {
+        &self.table
+    }
+
+    /// Whether there is an upper directory.
+    pub fn writable(&self) -> bool {
+        self.upper.is_some()
+    }
+
+    fn upper(&self) -> Result<&Upper> {
+        self.upper.as_ref().ok_or(Errno::EROFS)
+    }
+
+    fn layer_id(&self, pos: usize) -> LayerId {
+        LayerId((self.layers.len() - 1 - pos) as u32)
+    }
+
+    fn lower_ref_ino(&self, r: LowerRef) -> Ino {
+        lower_ino(self.layer_id(r.layer), r.ino.0)
+    }
+
+    fn inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+        if ino == Ino::ROOT {
+            return Ok(self.root.clone());
+        }
+        self.table.get(ino).ok_or(Errno::ESTALE)
+    }
+
+    // ----- upper addressing -------------------------------------------------------------
+
+    fn upper_dir_fd(&self, inode: &Inode) -> Result<Arc<OwnedFd>> {
+        if inode.ino == Ino::ROOT {
+            return self.upper_root.clone().ok_or(Errno::EROFS);
+        }
+        if let Some((g, fd)) = lock(&self.dir_fds).get(&inode.ino)
+            && *g == inode.generation
+        {
+            return Ok(fd.clone());
+        }
+        let pos = inode.pos();
+        if let Some(d) = pos.detached {
+            return Ok(d);
+        }
+        let parent = pos.parent.ok_or(Errno::ESTALE)?;
+        let pfd = self.upper_dir_fd(&parent)?;
+        let fd = Arc::new(sys::openat(pfd.as_fd(), &sys::cstr(&pos.name)?, libc::O_PATH | libc::O_DIRECTORY, 0)?);
+        lock(&self.dir_fds).put(inode.ino, (inode.generation, fd.clone()));
+        Ok(fd)
+    }
+
+    fn forget_dir_fd(&self, ino: Ino) {
+        lock(&self.dir_fds).pop(&ino);
+    }
+
+    fn upper_loc(&self, inode: &Inode) -> Result<Loc> {
+        if inode.ino == Ino::ROOT {
+            return Ok(Loc::Fd(self.upper_root.clone().ok_or(Errno::EROFS)?));
+        }
+        let pos = inode.pos();
+        if let Some(d) = pos.detached {
+            return Ok(Loc::Fd(d));
+        }
+        let parent = pos.parent.ok_or(Errno::ESTALE)?;
+        Ok(Loc::At(self.upper_dir_fd(&parent)?, sys::cstr(&pos.name)?))
+    }
+
+    fn read_origin(&self, at: &sys::XattrPath) -> Option<(LayerId, LowerIno)> {
+        let u = self.upper.as_ref()?;
+        parse_origin(&u.get(at, &u.names.origin)?)
+    }
+
+    fn upper_wh_file(dir: BorrowedFd<'_>, name: &[u8]) -> bool {
+        let mut wh = b".wh.".to_vec();
+        wh.extend_from_slice(name);
+        match sys::cstr(&wh) {
+            Ok(c) => sys::fstatat(dir, &c).is_ok(),
+            Err(_) => false,
+        }
+    }
+
+    // ----- lower merging -----------------------------------------------------------------
+
+    /// The lower directories named `name` under `lowers`, top first, stopping at the first
+    /// whiteout, non-directory or opaque directory.
+    fn merge_lower_dirs(&self, lowers: &[LowerRef], name: &[u8]) -> Result<Vec<LowerRef>> {
+        let mut out = Vec::new();
+        for lr in lowers {
+            let l = &self.layers[lr.layer];
+            match l.lookup(lr.ino, name)? {
+                LowerLookup::NotFound => continue,
+                LowerLookup::Whiteout => break,
+                LowerLookup::Found { ino, kind } => {
+                    if !kind.is_dir() {
+                        break;
+                    }
+                    out.push(LowerRef { layer: lr.layer, ino });
+                    // The lowest layer's opacity hides nothing: skip the question.
+                    if lr.layer + 1 < self.layers.len() && l.is_opaque(ino)? {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn root_lowers(&self) -> Vec<LowerRef> {
+        let mut out = Vec::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.push(LowerRef { layer: i, ino: l.root() });
+            if l.is_opaque(l.root()).unwrap_or(false) {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Lower directories at `path` (components separated by `/`) from the layer roots.
+    fn lower_dirs_at(&self, path: &[u8]) -> Result<Vec<LowerRef>> {
+        let mut cur = self.root_lowers();
+        // Redirects come from the upper (written by us): still, never follow `.`/`..`.
+        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b"." && *c != b"..") {
+            if cur.is_empty() {
+                break;
+            }
+            cur = self.merge_lower_dirs(&cur, comp)?;
+        }
+        Ok(cur)
+    }
+
+    /// The first answer of the lower layers for `name` (what an upper entry there would hide).
+    fn lower_first(&self, lowers: &[LowerRef], name: &[u8]) -> Result<Option<FileKind>> {
+        for lr in lowers {
+            match self.layers[lr.layer].lookup(lr.ino, name)? {
+                LowerLookup::NotFound => continue,
+                LowerLookup::Whiteout => return Ok(None),
+                LowerLookup::Found { kind, .. } => return Ok(Some(kind)),
+            }
+        }
+        Ok(None)
+    }
+
+    // ----- lookup ------------------------------------------------------------------------
+
+    /// Resolves `name` in directory `parent`, whose union state is `ps`.
+    fn resolve(&self, parent: &Inode, ps: &State, name: &[u8]) -> Result<Option<Found>> {
+        if parent.kind != FileKind::Directory {
+            return Err(Errno::ENOTDIR);
+        }
+        let cname = sys::cstr(name)?;
+        if ps.upper {
+            let pfd = self.upper_dir_fd(parent)?;
+            match sys::fstatat(pfd.as_fd(), &cname) {
+                Ok(st) if is_whiteout_stat(&st) => return Ok(None),
+                Ok(st) => return self.resolve_upper(&pfd, &cname, st, ps, name).map(Some),
+                Err(e) if is_enoent(&e) => {
+                    if !ps.lowers.is_empty() && Self::upper_wh_file(pfd.as_fd(), name) {
+                        return Ok(None);
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for (i, lr) in ps.lowers.iter().enumerate() {
+            let l = &self.layers[lr.layer];
+            match l.lookup(lr.ino, name)? {
+                LowerLookup::NotFound => continue,
+                LowerLookup::Whiteout => return Ok(None),
+                LowerLookup::Found { ino, kind } => {
+                    let r = LowerRef { layer: lr.layer, ino };
+                    let mut state = State { origin: Some((self.layer_id(lr.layer), ino)), ..State::default() };
+                    if kind.is_dir() {
+                        state.lowers.push(r);
+                        if i + 1 < ps.lowers.len() && !l.is_opaque(ino)? {
+                            state.lowers.extend(self.merge_lower_dirs(&ps.lowers[i + 1..], name)?);
+                        }
+                        state.lower_path = ps.lower_path.as_ref().map(|p| join(p, name));
+                    } else {
+                        state.lowers.push(r);
+                    }
+                    return Ok(Some(Found { kind, ino: self.lower_ref_ino(r), state }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn resolve_upper(&self, pfd: &Arc<OwnedFd>, cname: &CStr, st: sys::Stat, ps: &State, name: &[u8]) -> Result<Found> {
+        let u = self.upper()?;
+        let kind = FileKind::from_mode(st.st_mode).ok_or(Errno::EIO)?;
+        let at = sys::XattrPath::child(pfd.as_fd(), cname);
+        let mut state = State { upper: true, ..State::default() };
+        let origin = if kind.is_dir() || ps.impure { self.read_origin(&at) } else { None };
+        if kind.is_dir() {
+            state.impure = u.get(&at, &u.names.impure).as_deref() == Some(b"y");
+            if !ps.lowers.is_empty() && !u.is_opaque(&at) {
+                if let Some(redirect) = u.get(&at, &u.names.redirect) {
+                    let path = if let Some(abs) = redirect.strip_prefix(b"/") {
+                        abs.to_vec()
+                    } else {
+                        join(ps.lower_path.as_deref().unwrap_or(b""), &redirect)
+                    };
+                    state.lowers = self.lower_dirs_at(&path)?;
+                    state.lower_path = Some(path);
+                } else {
+                    state.lowers = self.merge_lower_dirs(&ps.lowers, name)?;
+                    state.lower_path = ps.lower_path.as_ref().map(|p| join(p, name));
+                }
+            }
+        } else if st.st_nlink > 1 && origin.is_some() {
+            state.indexed = true;
+        } else if kind == FileKind::Regular && u.get(&at, &u.names.metacopy).is_some() {
+            // Data still in the lower file at the same path.
+            for lr in &ps.lowers {
+                match self.layers[lr.layer].lookup(lr.ino, name)? {
+                    LowerLookup::NotFound => continue,
+                    LowerLookup::Found { ino, kind: FileKind::Regular } => {
+                        state.lowers.push(LowerRef { layer: lr.layer, ino });
+                        state.metacopy = true;
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            if !state.metacopy {
+                tracing::warn!(name = %String::from_utf8_lossy(name), "metacopy without lower data");
+            }
+        }
+        state.origin = origin;
+        let ino = match origin {
+            Some((l, i)) => lower_ino(l, i.0),
+            None if kind.is_dir() && !state.lowers.is_empty() => self.lower_ref_ino(state.lowers[0]),
+            None => upper_ino(UpperIno(st.st_ino)),
+        };
+        Ok(Found { kind, ino, state })
+    }
+
+    fn instantiate(&self, parent: &Arc<Inode>, name: &[u8], found: Found, count: u64) -> Arc<Inode> {
+        let pos = Pos { parent: Some(parent.clone()), name: name.to_vec(), detached: None };
+        let Found { kind, ino, state } = found;
+        let pos2 = pos.clone();
+        let state2 = state.clone();
+        self.table.get_or_insert(
+            ino,
+            kind,
+            count,
+            move |existing| {
+                let mut st = existing.state();
+                // Never downgrade: a lower-only alias of a file that has an upper copy (hard
+                // link) keeps addressing the copy.
+                if state2.upper || !st.upper {
+                    *st = state2;
+                    drop(st);
+                    existing.set_pos(|p| *p = pos2);
+                }
+            },
+            move |g| Inode::new(ino, g, kind, pos, state),
+        )
+    }
+
+    /// Looks `name` up in `parent`; adds one kernel lookup to the result.
+    pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
+        check_name(name)?;
+        let p = self.inode(parent)?;
+        let ps = p.state().clone();
+        let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
+        let upper_found = found.state.upper;
+        let inode = self.instantiate(&p, name, found, 1);
+        // A lower alias of a hard link whose copy exists (this mount, or in the index): link
+        // the alias to the copy so all names keep sharing data.
+        if !upper_found && inode.kind == FileKind::Regular && self.upper.is_some() {
+            let (has_upper, origin) = {
+                let s = inode.state();
+                (s.upper, s.origin)
+            };
+            if has_upper {
+                if let Err(e) = self.link_alias_up(&p, name, &inode) {
+                    tracing::warn!(?e, "linking a hard-link alias to its copy failed");
+                }
+            } else if let Some(o) = origin
+                && self.index_has(o)
+            {
+                self.copy_up(&inode)?;
+            }
+        }
+        self.attr_of(&inode)
+    }
+
+    fn index_key(o: (LayerId, LowerIno)) -> CString {
+        CString::new(format!("{}-{}", o.0.0, o.1.0)).unwrap_or_default()
+    }
+
+    fn index_has(&self, o: (LayerId, LowerIno)) -> bool {
+        match &self.upper {
+            Some(u) => sys::fstatat(u.index(), &Self::index_key(o)).is_ok(),
+            None => false,
+        }
+    }
+
+    fn link_alias_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up(parent)?;
+        let mut pg = parent.state();
+        let src = self.upper_loc(inode)?;
+        let pfd = self.upper_dir_fd(parent)?;
+        let (sd, sn) = src.dir_name();
+        let cname = sys::cstr(name)?;
+        match sys::fstatat(pfd.as_fd(), &cname) {
+            Ok(_) => return Ok(()),
+            Err(e) if is_enoent(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        sys::linkat(sd, sn, pfd.as_fd(), &cname)?;
+        self.mark_impure_locked(parent, &mut pg, &pfd)?;
+        Ok(())
+    }
+
+    // ----- attributes --------------------------------------------------------------------
+
+    fn attr_from_lower(&self, inode: &Inode, a: &LowerAttr, merged_dir: bool) -> Attr {
+        Attr {
+            ino: inode.ino,
+            generation: inode.generation,
+            kind: inode.kind,
+            perm: (a.mode & 0o7777) as u16,
+            nlink: if merged_dir { 1 } else { a.nlink },
+            uid: a.uid,
+            gid: a.gid,
+            size: a.size,
+            blocks: a.blocks,
+            rdev: a.rdev as u32,
+            atime: a.atime,
+            mtime: a.mtime,
+            ctime: a.ctime,
+        }
+    }
+
+    fn attr_from_stat(&self, inode: &Inode, st: &sys::Stat, s: &State) -> Attr {
+        let mut a = self.attr_from_lower(inode, &attr_from_stat(st), false);
+        if s.metacopy
+            && let Some(lr) = s.lowers.first()
+            && let Ok(la) = self.layers[lr.layer].getattr(lr.ino)
+        {
+            a.blocks = la.blocks;
+        }
+        if inode.kind.is_dir() && !s.lowers.is_empty() {
+            a.nlink = 1;
+        } else if s.indexed && st.st_nlink > 1 {
+            a.nlink = st.st_nlink as u32 - 1;
+            if let Some(u) = &self.upper
+                && let Ok(loc) = self.upper_loc(inode)
+                && let Some(v) = u.get(&loc.xattr(), &u.names.nlink)
+                && let Some(n) = std::str::from_utf8(&v).ok().and_then(|s| s.parse().ok())
+            {
+                a.nlink = n;
+            }
+        }
+        a
+    }
+
+    /// Attributes of `inode`.
+    fn attr_of(&self, inode: &Inode) -> Result<Attr> {
+        let s = inode.state().clone();
+        if s.upper {
+            let st = self.upper_loc(inode)?.stat()?;
+            return Ok(self.attr_from_stat(inode, &st, &s));
+        }
+        let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
+        let a = self.layers[lr.layer].getattr(lr.ino)?;
+        let mut attr = self.attr_from_lower(inode, &a, inode.kind.is_dir() && s.lowers.len() > 1);
+        if inode.is_dead() && !inode.kind.is_dir() {
+            attr.nlink = 0;
+        }
+        Ok(attr)
+    }
+
+    /// `getattr`; with an open handle, asks the open file (works for unlinked files).
+    pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> Result<Attr> {
+        if let Some(fh) = fh
+            && let Ok(h) = self.handle(fh)
+            && let Handle::File(f) = &*h
+            && let FileSrc::Upper(file) = &f.src
+            && f.inode.ino == ino
+        {
+            let st = sys::fstat(file.as_fd())?;
+            let s = f.inode.state().clone();
+            return Ok(self.attr_from_stat(&f.inode, &st, &s));
+        }
+        let inode = self.inode(ino)?;
+        self.attr_of(&inode)
+    }
+
+    /// Drops kernel lookups.
+    pub fn forget(&self, ino: Ino, n: u64) {
+        if ino != Ino::ROOT {
+            self.table.forget(ino, n);
+        }
+    }
+
+    // ----- copy-up -----------------------------------------------------------------------
+
+    /// Makes sure `inode` exists in the upper directory (and so do its ancestors).
+    pub fn copy_up(&self, inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up_inner(inode, false)
+    }
+
+    /// Copy-up for a metadata change: regular files get a metadata-only copy (see
+    /// `upper.rs`); everything else a full one.
+    pub fn copy_up_meta(&self, inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up_inner(inode, true)
+    }
+
+    fn copy_up_inner(&self, inode: &Arc<Inode>, meta_only: bool) -> Result<()> {
+        self.upper()?;
+        {
+            let s = inode.state();
+            if s.upper && (!s.metacopy || meta_only) {
+                return Ok(());
+            }
+        }
+        if inode.state().upper {
+            let mut cs = inode.state();
+            if !cs.metacopy {
+                return Ok(());
+            }
+            return self.finish_metacopy(inode, &mut cs);
+        }
+        loop {
+            let pos = inode.pos();
+            let parent = pos.parent.clone().ok_or(Errno::ESTALE)?;
+            self.copy_up(&parent)?;
+            // Lock order: parent, then child.
+            let mut ps = parent.state();
+            let mut cs = inode.state();
+            if cs.upper {
+                return Ok(());
+            }
+            let now = inode.pos();
+            if !now.parent.as_ref().is_some_and(|p| Arc::ptr_eq(p, &parent)) || now.name != pos.name {
+                continue; // renamed meanwhile
+            }
+            return self.copy_up_locked(&parent, &mut ps, inode, &mut cs, &now.name, meta_only);
+        }
+    }
+
+    /// Copies the data of a metadata-only copy into the upper file in place, then drops the
+    /// metacopy mark (until then the lower data stays authoritative: crash-safe).
+    fn finish_metacopy(&self, inode: &Inode, cs: &mut State) -> Result<()> {
+        let u = self.upper()?;
+        let lr = *cs.lowers.first().ok_or(Errno::EIO)?;
+        let loc = self.upper_loc(inode)?;
+        let st = loc.stat()?;
+        let file = loc.open(libc::O_WRONLY)?;
+        let size = self.layers[lr.layer].getattr(lr.ino)?.size;
+        self.copy_data(lr, size, &file)?;
+        file.set_len(st.st_size as u64)?;
+        drop(file);
+        let (d, n) = loc.dir_name();
+        sys::utimensat(
+            d,
+            n,
+            Some(to_settime(ts_of(st.st_atime, st.st_atime_nsec))),
+            Some(to_settime(ts_of(st.st_mtime, st.st_mtime_nsec))),
+        )?;
+        u.remove(&loc.xattr(), &u.names.metacopy)?;
+        cs.metacopy = false;
+        cs.lowers.clear();
+        Ok(())
+    }
+
+    fn copy_up_locked(
+        &self,
+        parent: &Inode,
+        ps: &mut State,
+        inode: &Inode,
+        cs: &mut State,
+        name: &[u8],
+        meta_only: bool,
+    ) -> Result<()> {
+        let u = self.upper()?;
+        let lr = *cs.lowers.first().ok_or(Errno::ESTALE)?;
+        let lower = &self.layers[lr.layer];
+        let a = lower.getattr(lr.ino)?;
+        let metacopy = meta_only && inode.kind == FileKind::Regular && a.nlink <= 1 && a.size > 0;
+        let pfd = self.upper_dir_fd(parent)?;
+        let cname = sys::cstr(name)?;
+        let pst = sys::fstat(pfd.as_fd())?;
+        let origin = cs.origin.unwrap_or((self.layer_id(lr.layer), lr.ino));
+        let work = u.work();
+        let tmp = u.tmp_name();
+
+        let hardlinked = inode.kind == FileKind::Regular && a.nlink > 1;
+        if hardlinked && sys::fstatat(u.index(), &Self::index_key(origin)).is_ok() {
+            // Another alias was copied up already: this name becomes one more link.
+            sys::linkat(u.index(), &Self::index_key(origin), pfd.as_fd(), &cname)?;
+        } else {
+            let r = self.build_copy(u, work, &tmp, inode.kind, lr, &a, origin, metacopy);
+            if let Err(e) = r {
+                let _ = sys::unlinkat(work, &tmp, inode.kind.is_dir());
+                return Err(e);
+            }
+            if hardlinked {
+                let at = sys::XattrPath::child(work, &tmp);
+                let _ = u.set(&at, &u.names.nlink, a.nlink.to_string().as_bytes());
+                if let Err(e) = sys::linkat(work, &tmp, u.index(), &Self::index_key(origin)) {
+                    tracing::warn!(%e, "cannot add copy-up to hard-link index");
+                }
+            }
+            if let Err(e) = sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_NOREPLACE) {
+                let _ = sys::unlinkat(work, &tmp, inode.kind.is_dir());
+                return Err(e.into());
+            }
+            if inode.kind.is_dir() {
+                // Moving a directory rewrites its `..`, which touches its times on some hosts.
+                let _ = sys::utimensat(pfd.as_fd(), &cname, Some(to_settime(a.atime)), Some(to_settime(a.mtime)));
+            }
+        }
+        self.mark_impure_locked(parent, ps, &pfd)?;
+        // Copy-up is not a change of the parent: restore its times.
+        let _ = sys::utimensat(
+            pfd.as_fd(),
+            c"",
+            Some(to_settime(ts_of(pst.st_atime, pst.st_atime_nsec))),
+            Some(to_settime(ts_of(pst.st_mtime, pst.st_mtime_nsec))),
+        );
+        cs.upper = true;
+        cs.origin = Some(origin);
+        cs.indexed = hardlinked;
+        cs.metacopy = metacopy;
+        if !inode.kind.is_dir() && !metacopy {
+            cs.lowers.clear();
+        }
+        Ok(())
+    }
+
+    /// Builds the copy of a lower object as `work/tmp`, with data, xattrs, owner, mode, times.
+    #[allow(clippy::too_many_arguments)]
+    fn build_copy(
+        &self,
+        u: &Upper,
+        work: BorrowedFd<'_>,
+        tmp: &CStr,
+        kind: FileKind,
+        lr: LowerRef,
+        a: &LowerAttr,
+        origin: (LayerId, LowerIno),
+        metacopy: bool,
+    ) -> Result<()> {
+        let lower = &self.layers[lr.layer];
+        match kind {
+            FileKind::Directory => sys::mkdirat(work, tmp, 0o700)?,
+            FileKind::Symlink => {
+                let target = lower.readlink(lr.ino)?;
+                sys::symlinkat(&sys::cstr(&target)?, work, tmp)?;
+            }
+            FileKind::Regular => {
+                let fd = sys::openat(work, tmp, libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY, 0o600)?;
+                let f = File::from(fd);
+                if metacopy {
+                    f.set_len(a.size)?;
+                } else {
+                    self.copy_data(lr, a.size, &f)?;
+                }
+            }
+            _ => sys::mknodat(work, tmp, a.mode, a.rdev)?,
+        }
+        // Owner first: a chown drops file capabilities and set-id bits, so xattrs and the
+        // mode come after it.
+        sys::fchownat(work, tmp, a.uid, a.gid)?;
+        let at = sys::XattrPath::child(work, tmp);
+        for name in lower.listxattr(lr.ino)? {
+            if is_internal_xattr(&name) {
+                continue;
+            }
+            let value = lower.getxattr(lr.ino, &name)?;
+            let cn = sys::cstr(&name)?;
+            if let Err(e) = sys::setxattr(&at, &cn, &value, 0) {
+                // Unprivileged uppers cannot hold trusted.*/security.* attributes.
+                if matches!(e.raw_os_error(), Some(libc::EPERM | libc::ENOTSUP)) {
+                    tracing::warn!(name = %String::from_utf8_lossy(&name), %e, "xattr not copied up");
+                } else {
+                    return Err(e.into());
+                }
+            }
+        }
+        if metacopy {
+            u.set(&at, &u.names.metacopy, b"")?;
+        }
+        if kind != FileKind::Symlink || u.names.origin.to_bytes().starts_with(b"trusted.") {
+            u.set(&at, &u.names.origin, format!("{}:{}", origin.0.0, origin.1.0).as_bytes())?;
+        }
+        if kind != FileKind::Symlink {
+            let fd = sys::openat(work, tmp, libc::O_PATH, 0)?;
+            sys::fchmod_any(fd.as_fd(), a.mode & 0o7777)?;
+        }
+        sys::utimensat(work, tmp, Some(to_settime(a.atime)), Some(to_settime(a.mtime)))?;
+        Ok(())
+    }
+
+    /// Copies file data, keeping holes: reflink, else `copy_file_range` over the data extents
+    /// (`SEEK_DATA`/`SEEK_HOLE`), else reads through the layer.
+    fn copy_data(&self, lr: LowerRef, size: u64, dst: &File) -> Result<()> {
+        let lower = &self.layers[lr.layer];
+        if let Some(src) = lower.open_backing(lr.ino)? {
+            if sys::ficlone(dst.as_fd(), src.as_fd()).is_ok() {
+                return Ok(());
+            }
+            let mut off = 0u64;
+            while off < size {
+                let start = match sys::lseek(src.as_fd(), off as i64, libc::SEEK_DATA) {
+                    Ok(s) => s as u64,
+                    Err(e) if e.raw_os_error() == Some(libc::ENXIO) => break,
+                    Err(_) => off,
+                };
+                let end =
+                    sys::lseek(src.as_fd(), start as i64, libc::SEEK_HOLE).map(|e| e as u64).unwrap_or(size).min(size);
+                let mut pos = start;
+                while pos < end {
+                    let want = ((end - pos) as usize).min(1 << 30);
+                    let n = match sys::copy_file_range(src.as_fd(), pos, dst.as_fd(), pos, want) {
+                        Ok(0) => break,
+                        Ok(n) => n,
+                        Err(_) => {
+                            let mut buf = vec![0u8; want.min(1 << 20)];
+                            let n = src.read_at(&mut buf, pos)?;
+                            if n == 0 {
+                                break;
+                            }
+                            dst.write_all_at(&buf[..n], pos)?;
+                            n
+                        }
+                    };
+                    pos += n as u64;
+                }
+                off = end.max(start + 1);
+            }
+        } else {
+            let mut off = 0u64;
+            while let Some(r) = lower.next_data(lr.ino, off)? {
+                let mut pos = r.start;
+                while pos < r.end {
+                    let chunk = lower.read(lr.ino, pos, ((r.end - pos).min(1 << 20)) as u32)?;
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    dst.write_all_at(&chunk, pos)?;
+                    pos += chunk.len() as u64;
+                }
+                if r.end <= off {
+                    break;
+                }
+                off = r.end;
+            }
+        }
+        dst.set_len(size)?;
+        Ok(())
+    }
+
+    fn mark_impure(&self, dir: &Inode, _s: &mut State) -> Result<()> {
+        let pfd = self.upper_dir_fd(dir)?;
+        let mut s = dir.state();
+        self.mark_impure_locked(dir, &mut s, &pfd)
+    }
+
+    fn mark_impure_locked(&self, _dir: &Inode, s: &mut State, pfd: &Arc<OwnedFd>) -> Result<()> {
+        if s.impure {
+            return Ok(());
+        }
+        let u = self.upper()?;
+        let st = sys::fstat(pfd.as_fd())?;
+        u.set(&sys::XattrPath::fd(pfd.as_fd()), &u.names.impure, b"y")?;
+        let _ = sys::utimensat(
+            pfd.as_fd(),
+            c"",
+            Some(to_settime(ts_of(st.st_atime, st.st_atime_nsec))),
+            Some(to_settime(ts_of(st.st_mtime, st.st_mtime_nsec))),
+        );
+        s.impure = true;
+        Ok(())
+    }
+
+    // ----- creation ----------------------------------------------------------------------
+
+    /// Common part of mknod/mkdir/symlink/create/link: `make` creates the object as `name` in
+    /// the given directory; the new entry replaces a whiteout atomically, becomes opaque when
+    /// it is a directory hiding a lower one, and belongs to the caller.
+    fn create_entry(
+        &self,
+        ctx: &Ctx,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        mode: u32,
+        make: &dyn Fn(BorrowedFd<'_>, &CStr) -> Result<()>,
+    ) -> Result<Arc<Inode>> {
+        check_new_name(name)?;
+        let u = self.upper()?;
+        let p = self.inode(parent)?;
+        self.copy_up(&p)?;
+        let ps = p.state();
+        if self.resolve(&p, &ps, name)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let pfd = self.upper_dir_fd(&p)?;
+        let cname = sys::cstr(name)?;
+        let pst = sys::fstat(pfd.as_fd())?;
+        let whiteout = match sys::fstatat(pfd.as_fd(), &cname) {
+            Ok(st) if is_whiteout_stat(&st) => true,
+            Ok(_) => return Err(Errno::EEXIST),
+            Err(e) if is_enoent(&e) => false,
+            Err(e) => return Err(e.into()),
+        };
+        let wh_file = !ps.lowers.is_empty() && Self::upper_wh_file(pfd.as_fd(), name);
+        let opaque =
+            kind.is_dir() && !ps.lowers.is_empty() && self.lower_first(&ps.lowers, name)? == Some(FileKind::Directory);
+        let gid = if pst.st_mode & libc::S_ISGID != 0 { pst.st_gid } else { ctx.gid };
+        let finish = |d: BorrowedFd<'_>, n: &CStr| -> Result<()> {
+            if opaque {
+                u.set(&sys::XattrPath::child(d, n), &u.names.opaque, b"y")?;
+            }
+            if ctx.uid != 0 || gid != 0 || sys::geteuid() != 0 {
+                sys::fchownat(d, n, ctx.uid, gid)?;
+                if mode & 0o6000 != 0 && kind != FileKind::Symlink {
+                    let fd = sys::openat(d, n, libc::O_PATH, 0)?;
+                    let m = if kind.is_dir() { (mode & 0o7777) | (pst.st_mode & libc::S_ISGID) } else { mode & 0o7777 };
+                    sys::fchmod_any(fd.as_fd(), m)?;
+                }
+            }
+            Ok(())
+        };
+        if whiteout || opaque {
+            // Build in the work dir, then swap it with the whiteout (or move it in).
+            let work = u.work();
+            let tmp = u.tmp_name();
+            make(work, &tmp)?;
+            let r = finish(work, &tmp).and_then(|()| {
+                if whiteout {
+                    sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_EXCHANGE)?;
+                    sys::unlinkat(work, &tmp, false)?;
+                } else {
+                    sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_NOREPLACE)?;
+                }
+                Ok(())
+            });
+            if let Err(e) = r {
+                let _ = sys::unlinkat(work, &tmp, kind.is_dir());
+                return Err(e);
+            }
+        } else {
+            make(pfd.as_fd(), &cname)?;
+            if let Err(e) = finish(pfd.as_fd(), &cname) {
+                let _ = sys::unlinkat(pfd.as_fd(), &cname, kind.is_dir());
+                return Err(e);
+            }
+        }
+        if wh_file {
+            let mut wh = b".wh.".to_vec();
+            wh.extend_from_slice(name);
+            let _ = sys::unlinkat(pfd.as_fd(), &sys::cstr(&wh)?, false);
+        }
+        let found = self.resolve(&p, &ps, name)?.ok_or(Errno::EIO)?;
+        drop(ps);
+        Ok(self.instantiate(&p, name, found, 1))
+    }
+
+    /// `mknod` (regular files, devices, fifos, sockets).
+    pub fn mknod(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, rdev: u64) -> Result<Attr> {
+        let kind = FileKind::from_mode(mode).ok_or(Errno::EINVAL)?;
+        if kind == FileKind::CharDevice && rdev == 0 {
+            // A char 0/0 device is a whiteout in the upper format.
+            return Err(Errno::EPERM);
+        }
+        if kind.is_dir() || kind == FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let inode = self.create_entry(ctx, parent, name, kind, mode, &|d, n| Ok(sys::mknodat(d, n, mode, rdev)?))?;
+        self.attr_of(&inode)
+    }
+
+    /// `mkdir`.
+    pub fn mkdir(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32) -> Result<Attr> {
+        let m = mode & 0o7777;
+        let inode = self.create_entry(ctx, parent, name, FileKind::Directory, m, &|d, n| Ok(sys::mkdirat(d, n, m)?))?;
+        self.attr_of(&inode)
+    }
+
+    /// `symlink`.
+    pub fn symlink(&self, ctx: &Ctx, parent: Ino, name: &[u8], target: &[u8]) -> Result<Attr> {
+        let t = sys::cstr(target)?;
+        let inode =
+            self.create_entry(ctx, parent, name, FileKind::Symlink, 0o777, &|d, n| Ok(sys::symlinkat(&t, d, n)?))?;
+        self.attr_of(&inode)
+    }
+
+    /// `create` + open.
+    pub fn create(&self, ctx: &Ctx, parent: Ino, name: &[u8], mode: u32, flags: i32) -> Result<(Attr, Opened)> {
+        let m = mode & 0o7777;
+        let inode = self.create_entry(ctx, parent, name, FileKind::Regular, m, &|d, n| {
+            Ok(sys::mknodat(d, n, libc::S_IFREG | m, 0)?)
+        })?;
+        let attr = self.attr_of(&inode)?;
+        let opened = self.open_inode(&inode, flags)?;
+        Ok((attr, opened))
+    }
+
+    /// `link`.
+    pub fn link(&self, ino: Ino, newparent: Ino, newname: &[u8]) -> Result<Attr> {
+        check_new_name(newname)?;
+        let inode = self.inode(ino)?;
+        if inode.kind.is_dir() {
+            return Err(Errno::EPERM);
+        }
+        self.copy_up(&inode)?;
+        let src = self.upper_loc(&inode)?;
+        let origin = inode.state().origin;
+        let np = self.inode(newparent)?;
+        // Link, replacing a whiteout like any creation.
+        let u = self.upper()?;
+        self.copy_up(&np)?;
+        let mut ps = np.state();
+        if self.resolve(&np, &ps, newname)?.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        let pfd = self.upper_dir_fd(&np)?;
+        let cname = sys::cstr(newname)?;
+        let (sd, sn) = src.dir_name();
+        let whiteout = matches!(sys::fstatat(pfd.as_fd(), &cname), Ok(st) if is_whiteout_stat(&st));
+        if whiteout {
+            let tmp = u.tmp_name();
+            sys::linkat(sd, sn, u.work(), &tmp)?;
+            sys::renameat2(u.work(), &tmp, pfd.as_fd(), &cname, libc::RENAME_EXCHANGE)?;
+            sys::unlinkat(u.work(), &tmp, false)?;
+        } else {
+            sys::linkat(sd, sn, pfd.as_fd(), &cname)?;
+        }
+        if origin.is_some() {
+            self.mark_impure_locked(&np, &mut ps, &pfd)?;
+        }
+        self.adjust_nlink(&inode, 1);
+        drop(ps);
+        self.table.add_lookups(inode.ino, 1);
+        self.attr_of(&inode)
+    }
+
+    /// Keeps the merged link count of an indexed hard link in step.
+    fn adjust_nlink(&self, inode: &Inode, delta: i64) {
+        let Some(u) = &self.upper else { return };
+        if !inode.state().indexed {
+            return;
+        }
+        if let Ok(loc) = self.upper_loc(inode) {
+            let at = loc.xattr();
+            if let Some(v) = u.get(&at, &u.names.nlink)
+                && let Some(n) = std::str::from_utf8(&v).ok().and_then(|s| s.parse::<i64>().ok())
+            {
+                let _ = u.set(&at, &u.names.nlink, (n + delta).max(0).to_string().as_bytes());
+            }
+        }
+    }
+
+    // ----- removal -----------------------------------------------------------------------
+
+    /// Whether the merged directory is empty.
+    fn merged_empty(&self, inode: &Inode) -> Result<bool> {
+        let snap = self.snapshot(inode, 3)?;
+        Ok(snap.len() <= 2)
+    }
+
+    /// `unlink` / `rmdir`.
+    pub fn remove(&self, parent: Ino, name: &[u8], dir: bool) -> Result<()> {
+        check_name(name)?;
+        let u = self.upper()?;
+        let p = self.inode(parent)?;
+        self.copy_up(&p)?;
+        {
+            // A lower hard link losing a name: copy it into the index first, so the other
+            // names keep an exact link count (also after remount).
+            let s = p.state().clone();
+            if let Some(f) = self.resolve(&p, &s, name)?
+                && !f.state.upper
+                && f.kind == FileKind::Regular
+                && let Some(lr) = f.state.lowers.first()
+                && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
+            {
+                let i = self.probe_inode(&p, name, f);
+                self.copy_up(&i)?;
+                // The copy may sit at another name of the inode: give this name its link.
+                let s = p.state().clone();
+                if self.resolve(&p, &s, name)?.is_some_and(|f| !f.state.upper) {
+                    self.link_alias_up(&p, name, &i)?;
+                }
+            }
+        }
+        let ps = p.state();
+        let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
+        if dir && !found.kind.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        if !dir && found.kind.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        let child = self.table.get(found.ino).filter(|i| i.kind == found.kind && !i.is_dead());
+        if dir {
+            let probe = match &child {
+                Some(c) => c.clone(),
+                None => Arc::new(Inode::new(
+                    found.ino,
+                    Generation(0),
+                    found.kind,
+                    Pos { parent: Some(p.clone()), name: name.to_vec(), detached: None },
+                    found.state.clone(),
+                )),
+            };
+            if !self.merged_empty(&probe)? {
+                return Err(Errno::ENOTEMPTY);
+            }
+        }
+        let pfd = self.upper_dir_fd(&p)?;
+        let cname = sys::cstr(name)?;
+        let need_whiteout = !ps.lowers.is_empty() && self.lower_first(&ps.lowers, name)?.is_some();
+        let mut last_link = true;
+        if found.state.upper {
+            let st = sys::fstatat(pfd.as_fd(), &cname)?;
+            last_link = if found.state.indexed {
+                // The merged count lives in the inode's xattr (the index holds a link too).
+                let at = sys::XattrPath::child(pfd.as_fd(), &cname);
+                let n = u
+                    .get(&at, &u.names.nlink)
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u32>().ok())
+                    .unwrap_or((st.st_nlink as u32).saturating_sub(1));
+                if n > 1 {
+                    u.set(&at, &u.names.nlink, (n - 1).to_string().as_bytes())?;
+                }
+                n <= 1
+            } else {
+                dir || st.st_nlink <= 1
+            };
+            // Keep open-unlinked files reachable.
+            let detached = match &child {
+                Some(_) if !dir => Some(Arc::new(sys::openat(pfd.as_fd(), &cname, libc::O_PATH, 0)?)),
+                _ => None,
+            };
+            if dir {
+                let sub = sys::openat(pfd.as_fd(), &cname, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                remove_tree_contents(sub.as_fd())?;
+            }
+            if need_whiteout {
+                let tmp = u.tmp_name();
+                u.make_whiteout(u.work(), tmp.to_bytes())?;
+                if u.mknod_whiteouts() {
+                    sys::renameat2(u.work(), &tmp, pfd.as_fd(), &cname, libc::RENAME_EXCHANGE)?;
+                    sys::unlinkat(u.work(), &tmp, dir)?;
+                } else {
+                    let _ = sys::unlinkat(u.work(), &sys::cstr(&[b".wh.", tmp.to_bytes()].concat())?, false);
+                    sys::unlinkat(pfd.as_fd(), &cname, dir)?;
+                    u.make_whiteout(pfd.as_fd(), name)?;
+                }
+            } else {
+                sys::unlinkat(pfd.as_fd(), &cname, dir)?;
+            }
+            if let Some(c) = &child
+                && let Some(d) = detached
+            {
+                c.set_pos(|pp| {
+                    if pp.parent.as_ref().is_some_and(|x| Arc::ptr_eq(x, &p)) && pp.name == name {
+                        pp.detached = Some(d);
+                    }
+                });
+            }
+        } else {
+            u.make_whiteout(pfd.as_fd(), name)?;
+        }
+        if let Some(c) = &child {
+            if last_link {
+                c.mark_dead();
+            }
+            if dir {
+                self.forget_dir_fd(c.ino);
+            }
+        }
+        Ok(())
+    }
+
+    // ----- rename ------------------------------------------------------------------------
+
+    fn probe_inode(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Arc<Inode> {
+        if let Some(i) = self.table.get(found.ino).filter(|i| i.kind == found.kind && !i.is_dead()) {
+            return i;
+        }
+        Arc::new(Inode::new(
+            found.ino,
+            Generation(0),
+            found.kind,
+            Pos { parent: Some(parent.clone()), name: name.to_vec(), detached: None },
+            found.state,
+        ))
+    }
+
+    /// `rename` / `renameat2` (`flags`: `RENAME_NOREPLACE`, `RENAME_EXCHANGE`).
+    pub fn rename(&self, oparent: Ino, oname: &[u8], nparent: Ino, nname: &[u8], flags: u32) -> Result<()> {
+        check_name(oname)?;
+        check_new_name(nname)?;
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            return Err(Errno::EINVAL);
+        }
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let u = self.upper()?;
+        let op = self.inode(oparent)?;
+        let np = self.inode(nparent)?;
+        self.copy_up(&op)?;
+        self.copy_up(&np)?;
+
+        // Phase 1 (no parent locks): find both ends and copy them up as needed.
+        let src_found = {
+            let s = op.state().clone();
+            self.resolve(&op, &s, oname)?.ok_or(Errno::ENOENT)?
+        };
+        let dst_found = {
+            let s = np.state().clone();
+            self.resolve(&np, &s, nname)?
+        };
+        if flags & libc::RENAME_NOREPLACE != 0 && dst_found.is_some() {
+            return Err(Errno::EEXIST);
+        }
+        if exchange && dst_found.is_none() {
+            return Err(Errno::ENOENT);
+        }
+        if let Some(d) = &dst_found
+            && d.ino == src_found.ino
+            && !exchange
+        {
+            return Ok(()); // two names of one file: nothing to do
+        }
+        let src_kind = src_found.kind;
+        let src = self.probe_inode(&op, oname, src_found);
+        let dst = dst_found.map(|f| self.probe_inode(&np, nname, f));
+        if let Some(d) = &dst
+            && !exchange
+        {
+            match (src_kind.is_dir(), d.kind.is_dir()) {
+                (true, false) => return Err(Errno::ENOTDIR),
+                (false, true) => return Err(Errno::EISDIR),
+                (true, true) if !self.merged_empty(d)? => return Err(Errno::ENOTEMPTY),
+                _ => {}
+            }
+        }
+        self.copy_up(&src)?;
+        if exchange && let Some(d) = &dst {
+            self.copy_up(d)?;
+        }
+        // A lower hard link losing this name: index it first (see `remove`).
+        let dst_lower = dst.as_ref().and_then(|d| {
+            let s = d.state();
+            (d.kind == FileKind::Regular && !s.upper).then(|| s.lowers.first().copied()).flatten()
+        });
+        if !exchange
+            && let Some(d) = &dst
+            && let Some(lr) = dst_lower
+            && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
+        {
+            self.copy_up(d)?;
+            let s = np.state().clone();
+            if self.resolve(&np, &s, nname)?.is_some_and(|f| !f.state.upper) {
+                self.link_alias_up(&np, nname, d)?;
+            }
+        }
+
+        // Phase 2: lock both parents (see the lock order in inode.rs) and move.
+        let (g1, g2);
+        let (ps_o, ps_n): (State, State);
+        if Arc::ptr_eq(&op, &np) {
+            g1 = Some(op.state());
+            g2 = None;
+            ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
+            ps_n = ps_o.clone();
+        } else if !self.is_ancestor(&op, &np) && (self.is_ancestor(&np, &op) || np.ino < op.ino) {
+            // Lock order: a directory before anything inside it, else ascending node id.
+            g2 = Some(np.state());
+            g1 = Some(op.state());
+            ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
+            ps_n = g2.as_ref().map(|g| (**g).clone()).unwrap_or_default();
+        } else {
+            g1 = Some(op.state());
+            g2 = Some(np.state());
+            ps_o = g1.as_ref().map(|g| (**g).clone()).unwrap_or_default();
+            ps_n = g2.as_ref().map(|g| (**g).clone()).unwrap_or_default();
+        }
+        let ofd = self.upper_dir_fd(&op)?;
+        let nfd = self.upper_dir_fd(&np)?;
+        let con = sys::cstr(oname)?;
+        let cnn = sys::cstr(nname)?;
+
+        // Directories keep their lower parts through a redirect, or stop merging at the new
+        // name by becoming opaque.
+        let prepare_dir = |d: &Inode,
+                           dir_fd: &Arc<OwnedFd>,
+                           n: &CStr,
+                           target_lowers: &[LowerRef],
+                           target_name: &[u8]|
+         -> Result<()> {
+            if !d.kind.is_dir() {
+                return Ok(());
+            }
+            let at = sys::XattrPath::child(dir_fd.as_fd(), n);
+            let s = d.state().clone();
+            if !s.lowers.is_empty() {
+                let path = s.lower_path.clone().unwrap_or_default();
+                let mut v = b"/".to_vec();
+                v.extend_from_slice(&path);
+                u.set(&at, &u.names.redirect, &v)?;
+            } else if !target_lowers.is_empty()
+                && self.lower_first(target_lowers, target_name)? == Some(FileKind::Directory)
+            {
+                u.set(&at, &u.names.opaque, b"y")?;
+            }
+            Ok(())
+        };
+
+        if exchange {
+            let d = dst.as_ref().ok_or(Errno::ENOENT)?;
+            prepare_dir(&src, &ofd, &con, &ps_n.lowers, nname)?;
+            prepare_dir(d, &nfd, &cnn, &ps_o.lowers, oname)?;
+            sys::renameat2(ofd.as_fd(), &con, nfd.as_fd(), &cnn, libc::RENAME_EXCHANGE)?;
+            let sp = src.pos();
+            let dp = d.pos();
+            src.set_pos(|p| *p = Pos { detached: None, ..dp.clone() });
+            d.set_pos(|p| *p = Pos { detached: None, ..sp.clone() });
+        } else {
+            prepare_dir(&src, &ofd, &con, &ps_n.lowers, nname)?;
+            // What is at the new name in the upper: a whiteout, an entry, or nothing.
+            match sys::fstatat(nfd.as_fd(), &cnn) {
+                Ok(st) if is_whiteout_stat(&st) && src.kind.is_dir() => {
+                    sys::unlinkat(nfd.as_fd(), &cnn, false)?;
+                }
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
+                    let sub = sys::openat(nfd.as_fd(), &cnn, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                    remove_tree_contents(sub.as_fd())?;
+                }
+                _ => {}
+            }
+            if !ps_n.lowers.is_empty() && Self::upper_wh_file(nfd.as_fd(), nname) {
+                let _ = sys::unlinkat(nfd.as_fd(), &sys::cstr(&[&b".wh."[..], nname].concat())?, false);
+            }
+            let detached = match &dst {
+                Some(d) if !d.kind.is_dir() && d.state().upper => {
+                    sys::openat(nfd.as_fd(), &cnn, libc::O_PATH, 0).ok().map(Arc::new)
+                }
+                _ => None,
+            };
+            let mut dst_links = sys::fstatat(nfd.as_fd(), &cnn).map(|s| s.st_nlink).unwrap_or(0);
+            let dst_indexed = dst.as_ref().is_some_and(|d| d.state().indexed);
+            if dst_indexed {
+                // The merged count lives in the inode's xattr (the index holds a link too).
+                let at = sys::XattrPath::child(nfd.as_fd(), &cnn);
+                let n = u
+                    .get(&at, &u.names.nlink)
+                    .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u64>().ok())
+                    .unwrap_or(dst_links.saturating_sub(1));
+                if n > 1 {
+                    u.set(&at, &u.names.nlink, (n - 1).to_string().as_bytes())?;
+                }
+                dst_links = n;
+            }
+            let need_whiteout = !ps_o.lowers.is_empty() && self.lower_first(&ps_o.lowers, oname)?.is_some();
+            let mut done = false;
+            if need_whiteout && u.mknod_whiteouts() {
+                match sys::renameat2(ofd.as_fd(), &con, nfd.as_fd(), &cnn, libc::RENAME_WHITEOUT) {
+                    Ok(()) => done = true,
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EPERM | libc::ENOTSUP)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !done {
+                sys::renameat2(ofd.as_fd(), &con, nfd.as_fd(), &cnn, 0)?;
+                if need_whiteout {
+                    u.make_whiteout(ofd.as_fd(), oname)?;
+                }
+            }
+            if let Some(d) = &dst {
+                if d.kind.is_dir() || dst_links <= 1 {
+                    d.mark_dead();
+                }
+                if let Some(fd) = detached {
+                    d.set_pos(|p| p.detached = Some(fd));
+                }
+                if d.kind.is_dir() {
+                    self.forget_dir_fd(d.ino);
+                }
+            }
+            src.set_pos(|p| *p = Pos { parent: Some(np.clone()), name: nname.to_vec(), detached: None });
+        }
+        let src_state = src.state().clone();
+        drop(g1);
+        drop(g2);
+        if src_state.origin.is_some() || src.kind.is_dir() {
+            self.mark_impure(&np, &mut State::default())?;
+        }
+        if exchange {
+            self.mark_impure(&op, &mut State::default())?;
+        }
+        Ok(())
+    }
+
+    /// Whether `a` is a proper ancestor of `b` (positions only: leaf locks).
+    fn is_ancestor(&self, a: &Arc<Inode>, b: &Arc<Inode>) -> bool {
+        let mut cur = b.pos().parent;
+        while let Some(p) = cur {
+            if Arc::ptr_eq(&p, a) {
+                return true;
+            }
+            cur = p.pos().parent;
+        }
+        false
+    }
+
+    // ----- setattr, readlink, xattrs -----------------------------------------------------
+
+    /// `setattr`: size, owner, mode, times (in that order); copies up first.
+    pub fn setattr(&self, ino: Ino, s: &SetAttr) -> Result<Attr> {
+        let inode = self.inode(ino)?;
+        if s.size == Some(0) && inode.kind == FileKind::Regular {
+            // Truncation to zero (`> file`, O_TRUNC) needs none of the old data.
+            self.copy_up_meta(&inode)?;
+            let mut cs = inode.state();
+            if cs.metacopy {
+                let u = self.upper()?;
+                let loc = self.upper_loc(&inode)?;
+                loc.open(libc::O_WRONLY)?.set_len(0)?;
+                u.remove(&loc.xattr(), &u.names.metacopy)?;
+                cs.metacopy = false;
+                cs.lowers.clear();
+            }
+        } else if s.size.is_some() {
+            self.copy_up(&inode)?;
+        } else {
+            self.copy_up_meta(&inode)?;
+        }
+        let loc = self.upper_loc(&inode)?;
+        if let Some(size) = s.size {
+            if inode.kind.is_dir() {
+                return Err(Errno::EISDIR);
+            }
+            let via_handle = s.fh.and_then(|fh| self.handle(fh).ok()).and_then(|h| match &*h {
+                Handle::File(f) if f.writable => match &f.src {
+                    FileSrc::Upper(file) => Some(file.set_len(size)),
+                    _ => None,
+                },
+                _ => None,
+            });
+            match via_handle {
+                Some(r) => r?,
+                None => loc.open(libc::O_WRONLY)?.set_len(size)?,
+            }
+        }
+        if s.uid.is_some() || s.gid.is_some() {
+            let (d, n) = loc.dir_name();
+            sys::fchownat(d, n, s.uid.unwrap_or(u32::MAX), s.gid.unwrap_or(u32::MAX))?;
+        }
+        if let Some(mode) = s.mode
+            && inode.kind != FileKind::Symlink
+        {
+            let fd = loc.opath()?;
+            sys::fchmod_any(fd.as_fd(), mode & 0o7777)?;
+        }
+        if s.atime.is_some() || s.mtime.is_some() {
+            let (d, n) = loc.dir_name();
+            sys::utimensat(d, n, s.atime, s.mtime)?;
+        }
+        self.getattr(ino, s.fh)
+    }
+
+    /// `readlink`.
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        if inode.kind != FileKind::Symlink {
+            return Err(Errno::EINVAL);
+        }
+        let s = inode.state().clone();
+        if s.upper {
+            let (d, n) = match self.upper_loc(&inode)? {
+                Loc::At(d, n) => (d, n),
+                Loc::Fd(f) => (f, CString::default()),
+            };
+            return Ok(sys::readlinkat(d.as_fd(), &n)?);
+        }
+        let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
+        self.layers[lr.layer].readlink(lr.ino)
+    }
+
+    /// `getxattr`.
+    pub fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>> {
+        if is_internal_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let inode = self.inode(ino)?;
+        let s = inode.state().clone();
+        if s.upper {
+            let loc = self.upper_loc(&inode)?;
+            return Ok(sys::getxattr(&loc.xattr(), &sys::cstr(name)?)?);
+        }
+        let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
+        self.layers[lr.layer].getxattr(lr.ino, name)
+    }
+
+    /// `listxattr`: NUL-terminated names.
+    pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
+        let inode = self.inode(ino)?;
+        let s = inode.state().clone();
+        let names: Vec<Vec<u8>> = if s.upper {
+            let loc = self.upper_loc(&inode)?;
+            sys::listxattr(&loc.xattr())?.split(|b| *b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect()
+        } else {
+            let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
+            self.layers[lr.layer].listxattr(lr.ino)?
+        };
+        let mut out = Vec::new();
+        for n in names.iter().filter(|n| !is_internal_xattr(n)) {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+        Ok(out)
+    }
+
+    /// `setxattr` (copies up).
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: i32) -> Result<()> {
+        if is_internal_xattr(name) {
+            return Err(Errno::EPERM);
+        }
+        let inode = self.inode(ino)?;
+        self.copy_up_meta(&inode)?;
+        let loc = self.upper_loc(&inode)?;
+        Ok(sys::setxattr(&loc.xattr(), &sys::cstr(name)?, value, flags)?)
+    }
+
+    /// `removexattr` (copies up).
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<()> {
+        if is_internal_xattr(name) {
+            return Err(Errno::ENODATA);
+        }
+        let inode = self.inode(ino)?;
+        if !inode.state().upper {
+            // Check that it exists before copying up for nothing.
+            self.getxattr(ino, name)?;
+        }
+        self.copy_up_meta(&inode)?;
+        let loc = self.upper_loc(&inode)?;
+        Ok(sys::removexattr(&loc.xattr(), &sys::cstr(name)?)?)
+    }
+
+    /// `statfs`: the upper filesystem's numbers, name length 255.
+    pub fn statfs(&self) -> Result<Statfs> {
+        match &self.upper {
+            Some(u) => {
+                let s = u.statfs()?;
+                Ok(Statfs {
+                    blocks: s.f_blocks,
+                    bfree: s.f_bfree,
+                    bavail: s.f_bavail,
+                    files: s.f_files,
+                    ffree: s.f_ffree,
+                    bsize: s.f_bsize as u32,
+                    // `.wh.NAME` whiteout files need four more bytes.
+                    namelen: if u.mknod_whiteouts() { NAME_MAX as u32 } else { NAME_MAX as u32 - 4 },
+                    frsize: s.f_frsize as u32,
+                })
+            }
+            None => Ok(Statfs { bsize: 4096, namelen: NAME_MAX as u32, frsize: 4096, ..Statfs::default() }),
+        }
+    }
+
+    // ----- files -------------------------------------------------------------------------
+
+    fn new_handle(&self, h: Handle) -> Fh {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(fh, Arc::new(h));
+        Fh(fh)
+    }
+
+    fn handle(&self, fh: Fh) -> Result<Arc<Handle>> {
+        lock(&self.handles).get(&fh.0).cloned().ok_or(Errno::EBADF)
+    }
+
+    /// `open`. Opening for writing (or with `O_TRUNC`) copies up.
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        let inode = self.inode(ino)?;
+        if inode.kind.is_dir() {
+            return Err(Errno::EISDIR);
+        }
+        self.open_inode(&inode, flags)
+    }
+
+    fn open_inode(&self, inode: &Arc<Inode>, flags: i32) -> Result<Opened> {
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc != libc::O_RDONLY;
+        if writable || flags & libc::O_TRUNC != 0 {
+            self.copy_up(inode)?;
+        }
+        let keep = flags
+            & (libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
+        let s = inode.state().clone();
+        let (src, backing, keep_cache) = if s.upper && !s.metacopy {
+            let file = self.upper_loc(inode)?.open(keep)?;
+            (
+                FileSrc::Upper(file),
+                Some(BackingKey { ino: inode.ino, generation: inode.generation, source: usize::MAX }),
+                false,
+            )
+        } else {
+            let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
+            let file = self.layers[lr.layer].open_backing(lr.ino)?;
+            let backing =
+                file.as_ref().map(|_| BackingKey { ino: inode.ino, generation: inode.generation, source: lr.layer });
+            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, file }, backing, !s.upper)
+        };
+        let fh = self.new_handle(Handle::File(FileHandle { inode: inode.clone(), src, writable }));
+        Ok(Opened { fh, keep_cache, backing })
+    }
+
+    /// Calls `f` with the fd holding the data of an open file (for passthrough).
+    pub fn with_backing_fd<T>(&self, fh: Fh, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Result<T> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File(FileHandle { src: FileSrc::Upper(file), .. })
+            | Handle::File(FileHandle { src: FileSrc::Lower { file: Some(file), .. }, .. }) => Ok(f(file.as_fd())),
+            _ => Err(Errno::EINVAL),
+        }
+    }
+
+    /// `read`.
+    pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let h = self.handle(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        match &f.src {
+            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
+                let mut buf = vec![0u8; size as usize];
+                let mut done = 0;
+                while done < buf.len() {
+                    let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+                    if n == 0 {
+                        break;
+                    }
+                    done += n;
+                }
+                buf.truncate(done);
+                Ok(buf)
+            }
+            FileSrc::Lower { layer, ino, .. } => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
+        }
+    }
+
+    fn upper_file(&self, fh: Fh) -> Result<(Arc<Handle>, ())> {
+        let h = self.handle(fh)?;
+        match &*h {
+            Handle::File(FileHandle { src: FileSrc::Upper(_), .. }) => Ok((h, ())),
+            Handle::File(_) => Err(Errno::EBADF),
+            Handle::Dir(_) => Err(Errno::EISDIR),
+        }
+    }
+
+    fn with_upper_file<T>(&self, fh: Fh, f: impl FnOnce(&File) -> Result<T>) -> Result<T> {
+        let (h, ()) = self.upper_file(fh)?;
+        match &*h {
+            Handle::File(FileHandle { src: FileSrc::Upper(file), .. }) => f(file),
+            _ => Err(Errno::EBADF),
+        }
+    }
+
+    /// `write` (the file was copied up at open).
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+        self.with_upper_file(fh, |file| {
+            // With O_APPEND the host appends whatever the offset (pwrite on Linux).
+            file.write_all_at(data, offset)?;
+            Ok(data.len() as u32)
+        })
+    }
+
+    /// `fsync`.
+    pub fn fsync(&self, fh: Fh, datasync: bool) -> Result<()> {
+        match self.with_upper_file(fh, |file| {
+            if datasync {
+                file.sync_data()?
+            } else {
+                file.sync_all()?
+            }
+            Ok(())
+        }) {
+            Err(Errno::EBADF) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// `fallocate`.
+    pub fn fallocate(&self, fh: Fh, offset: u64, length: u64, mode: i32) -> Result<()> {
+        self.with_upper_file(fh, |file| Ok(sys::fallocate(file.as_fd(), mode, offset as i64, length as i64)?))
+    }
+
+    /// `lseek` for `SEEK_DATA` / `SEEK_HOLE` (others are handled by the kernel).
+    pub fn lseek(&self, fh: Fh, offset: i64, whence: i32) -> Result<i64> {
+        let h = self.handle(fh)?;
+        let Handle::File(f) = &*h else {
+            return Err(Errno::EISDIR);
+        };
+        match &f.src {
+            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
+                Ok(sys::lseek(file.as_fd(), offset, whence)?)
+            }
+            FileSrc::Lower { layer, ino, .. } => {
+                let l = &self.layers[*layer];
+                let size = l.getattr(*ino)?.size as i64;
+                if offset < 0 || offset >= size {
+                    return Err(Errno::ENXIO);
+                }
+                let ext = l.next_data(*ino, offset as u64)?;
+                match (whence, ext) {
+                    (libc::SEEK_DATA, Some(r)) => Ok((r.start as i64).max(offset)),
+                    (libc::SEEK_DATA, None) => Err(Errno::ENXIO),
+                    (libc::SEEK_HOLE, Some(r)) if (r.start as i64) <= offset => Ok(r.end as i64),
+                    (libc::SEEK_HOLE, _) => Ok(offset),
+                    _ => Err(Errno::EINVAL),
+                }
+            }
+        }
+    }
+
+    /// `copy_file_range` between two open files.
+    pub fn copy_file_range(&self, fh_in: Fh, off_in: u64, fh_out: Fh, off_out: u64, len: u64) -> Result<u32> {
+        let hin = self.handle(fh_in)?;
+        let Handle::File(fin) = &*hin else {
+            return Err(Errno::EISDIR);
+        };
+        let len = len.min(1 << 30) as usize;
+        self.with_upper_file(fh_out, |out| match &fin.src {
+            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
+                Ok(sys::copy_file_range(file.as_fd(), off_in, out.as_fd(), off_out, len)? as u32)
+            }
+            FileSrc::Lower { layer, ino, .. } => {
+                let data = self.layers[*layer].read(*ino, off_in, len.min(1 << 20) as u32)?;
+                out.write_all_at(&data, off_out)?;
+                Ok(data.len() as u32)
+            }
+        })
+    }
+
+    /// `release` / `releasedir`.
+    pub fn release(&self, fh: Fh) {
+        lock(&self.handles).remove(&fh.0);
+    }
+
+    // ----- directories -------------------------------------------------------------------
+
+    /// `opendir`.
+    pub fn opendir(&self, ino: Ino) -> Result<(Fh, bool)> {
+        let inode = self.inode(ino)?;
+        if !inode.kind.is_dir() {
+            return Err(Errno::ENOTDIR);
+        }
+        let lower_only = !inode.state().upper;
+        Ok((self.new_handle(Handle::Dir(DirHandle { inode, snapshot: Mutex::new(None) })), lower_only))
+    }
+
+    /// Entries of an open directory from `offset` (0 = start; each entry's offset is its index
+    /// plus one). The listing is a snapshot taken at offset 0, so offsets are stable and
+    /// nothing is skipped or repeated while the directory changes.
+    pub fn readdir(&self, fh: Fh, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
+        let h = self.handle(fh)?;
+        let Handle::Dir(d) = &*h else {
+            return Err(Errno::ENOTDIR);
+        };
+        let mut snap = lock(&d.snapshot);
+        if offset == 0 || snap.is_none() {
+            *snap = Some(Arc::new(self.snapshot(&d.inode, usize::MAX)?));
+        }
+        Ok(snap.clone().unwrap_or_default())
+    }
+
+    /// The merged listing of `dir` ("." and ".." first), at most `limit` entries.
+    fn snapshot(&self, dir: &Inode, limit: usize) -> Result<Vec<DirEntry>> {
+        let s = dir.state().clone();
+        let parent_ino = dir.pos().parent.map_or(Ino::ROOT, |p| p.ino);
+        let mut out = vec![
+            DirEntry { name: b".".to_vec(), ino: dir.ino, kind: FileKind::Directory },
+            DirEntry { name: b"..".to_vec(), ino: parent_ino, kind: FileKind::Directory },
+        ];
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        // Upper entries: name -> (d_ino, kind).
+        let mut upper_entries: Vec<(Vec<u8>, u64, FileKind)> = Vec::new();
+        let mut ufd = None;
+        if s.upper {
+            let fd = self.upper_dir_fd(dir)?;
+            let rd = sys::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
+            let mut d = nix::dir::Dir::from_fd(rd)?;
+            for e in d.iter() {
+                let e = e?;
+                let name = e.file_name().to_bytes();
+                if name == b"." || name == b".." {
+                    continue;
+                }
+                if let Some(t) = name.strip_prefix(b".wh.") {
+                    seen.insert(t.to_vec());
+                    continue;
+                }
+                use nix::dir::Type;
+                let kind = match e.file_type() {
+                    Some(Type::File) => FileKind::Regular,
+                    Some(Type::Directory) => FileKind::Directory,
+                    Some(Type::Symlink) => FileKind::Symlink,
+                    Some(Type::BlockDevice) => FileKind::BlockDevice,
+                    Some(Type::Fifo) => FileKind::Fifo,
+                    Some(Type::Socket) => FileKind::Socket,
+                    _ => {
+                        let st = sys::fstatat(fd.as_fd(), e.file_name())?;
+                        if is_whiteout_stat(&st) {
+                            seen.insert(name.to_vec());
+                            continue;
+                        }
+                        FileKind::from_mode(st.st_mode).unwrap_or(FileKind::Regular)
+                    }
+                };
+                seen.insert(name.to_vec());
+                upper_entries.push((name.to_vec(), e.ino(), kind));
+            }
+            ufd = Some(fd);
+        }
+        // Lower entries, top first; remember the lower answer for upper directories.
+        let upper_names: HashSet<&[u8]> = upper_entries.iter().map(|e| e.0.as_slice()).collect();
+        let mut lower_dir_of_upper: HashMap<Vec<u8>, Ino> = HashMap::new();
+        let mut decided: HashSet<Vec<u8>> = HashSet::new();
+        let mut lower_entries = Vec::new();
+        for lr in &s.lowers {
+            let layer_id = self.layer_id(lr.layer);
+            let mut this_layer: Vec<Vec<u8>> = Vec::new();
+            self.layers[lr.layer].readdir(lr.ino, &mut |name, e| {
+                if upper_names.contains(name) {
+                    if !decided.contains(name) {
+                        this_layer.push(name.to_vec());
+                        if let LowerDirEntry::Entry { ino, kind: FileKind::Directory } = e {
+                            lower_dir_of_upper.insert(name.to_vec(), lower_ino(layer_id, ino.0));
+                        }
+                    }
+                    return ControlFlow::Continue(());
+                }
+                if seen.contains(name) {
+                    return ControlFlow::Continue(());
+                }
+                this_layer.push(name.to_vec());
+                if let LowerDirEntry::Entry { ino, kind } = e {
+                    lower_entries.push(DirEntry { name: name.to_vec(), ino: lower_ino(layer_id, ino.0), kind });
+                }
+                ControlFlow::Continue(())
+            })?;
+            for n in this_layer {
+                decided.insert(n.clone());
+                seen.insert(n);
+            }
+        }
+        // d_ino of upper entries, the same way lookup computes st_ino.
+        if let Some(fd) = &ufd {
+            let u = self.upper()?;
+            for (name, d_ino, kind) in upper_entries {
+                let cname = sys::cstr(&name)?;
+                let at = sys::XattrPath::child(fd.as_fd(), &cname);
+                let origin = if s.impure || kind.is_dir() { self.read_origin(&at) } else { None };
+                let ino = match origin {
+                    Some((l, i)) => lower_ino(l, i.0),
+                    None => match lower_dir_of_upper.get(&name) {
+                        Some(li) if kind.is_dir() && !u.is_opaque(&at) => *li,
+                        _ => upper_ino(UpperIno(d_ino)),
+                    },
+                };
+                out.push(DirEntry { name, ino, kind });
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+        for e in lower_entries {
+            out.push(e);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mem_lower::MemLower;
+    use std::path::Path;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        u: Union,
+    }
+
+    fn fixture(lowers: Vec<MemLower>) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("upper")).unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        let upper = Upper::open(&dir.path().join("upper"), &dir.path().join("work")).unwrap();
+        let layers: Vec<Arc<dyn Lower>> = lowers.into_iter().map(|l| Arc::new(l) as Arc<dyn Lower>).collect();
+        let u = Union::new(layers, Some(upper)).unwrap();
+        Fixture { _dir: dir, u }
+    }
+
+    fn remount(f: Fixture, lowers: Vec<MemLower>) -> Fixture {
+        let Fixture { _dir: dir, u } = f;
+        drop(u);
+        let upper = Upper::open(&dir.path().join("upper"), &dir.path().join("work")).unwrap();
+        let layers: Vec<Arc<dyn Lower>> = lowers.into_iter().map(|l| Arc::new(l) as Arc<dyn Lower>).collect();
+        Fixture { u: Union::new(layers, Some(upper)).unwrap(), _dir: dir }
+    }
+
+    fn upper_path(f: &Fixture) -> std::path::PathBuf {
+        f._dir.path().join("upper")
+    }
+
+    fn names(u: &Union, ino: Ino) -> Vec<String> {
+        let (fh, _) = u.opendir(ino).unwrap();
+        let v = u.readdir(fh, 0).unwrap();
+        u.release(fh);
+        let mut n: Vec<String> = v[2..].iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
+        n.sort();
+        n
+    }
+
+    fn path_ino(u: &Union, path: &str) -> Result<Attr> {
+        let mut cur = u.getattr(Ino::ROOT, None)?;
+        for c in path.split('/').filter(|c| !c.is_empty()) {
+            cur = u.lookup(cur.ino, c.as_bytes())?;
+        }
+        Ok(cur)
+    }
+
+    fn read_all(u: &Union, ino: Ino) -> Vec<u8> {
+        let o = u.open(ino, libc::O_RDONLY).unwrap();
+        let d = u.read(o.fh, 0, 1 << 20).unwrap();
+        u.release(o.fh);
+        d
+    }
+
+    const CTX: Ctx = Ctx { uid: 1000, gid: 1000, pid: 1 };
+
+    fn base() -> Vec<MemLower> {
+        vec![
+            MemLower::new("top")
+                .file("a/top.txt", b"top", 0o644)
+                .whiteout("a/gone")
+                .dir("b", 0o755)
+                .opaque("b")
+                .file("b/only", b"b", 0o644),
+            MemLower::new("bottom")
+                .file("a/gone", b"x", 0o644)
+                .file("a/bottom.txt", b"bottom", 0o600)
+                .file("b/hidden", b"h", 0o644)
+                .file("d/sub/f", b"f", 0o644)
+                .file("big", &[7u8; 10000], 0o444)
+                .hardlink("big", "big2"),
+        ]
+    }
+
+    #[test]
+    fn merge_whiteouts_and_opaque() {
+        let f = fixture(base());
+        let u = &f.u;
+        assert_eq!(names(u, Ino::ROOT), ["a", "b", "big", "big2", "d"]);
+        let a = path_ino(u, "a").unwrap();
+        assert_eq!(names(u, a.ino), ["bottom.txt", "top.txt"]);
+        assert_eq!(path_ino(u, "a/gone").unwrap_err(), Errno::ENOENT);
+        let b = path_ino(u, "b").unwrap();
+        assert_eq!(names(u, b.ino), ["only"]);
+        // d_ino == st_ino for every entry.
+        let (fh, _) = u.opendir(a.ino).unwrap();
+        for e in u.readdir(fh, 0).unwrap()[2..].iter() {
+            assert_eq!(u.lookup(a.ino, &e.name).unwrap().ino, e.ino);
+        }
+        // Unique across layers.
+        let t = path_ino(u, "a/top.txt").unwrap();
+        let bt = path_ino(u, "a/bottom.txt").unwrap();
+        assert_ne!(t.ino, bt.ino);
+        assert_eq!(path_ino(u, "big").unwrap().ino, path_ino(u, "big2").unwrap().ino);
+        assert_eq!(path_ino(u, "x".repeat(256).as_str()).unwrap_err(), Errno::ENAMETOOLONG);
+    }
+
+    #[test]
+    fn rm_rf_then_mkdir_is_empty_and_opaque_after_remount() {
+        let f = fixture(base());
+        let u = &f.u;
+        let d = path_ino(u, "d").unwrap();
+        let sub = path_ino(u, "d/sub").unwrap();
+        u.remove(sub.ino, b"f", false).unwrap();
+        u.remove(d.ino, b"sub", true).unwrap();
+        u.remove(Ino::ROOT, b"d", true).unwrap();
+        assert_eq!(path_ino(u, "d").unwrap_err(), Errno::ENOENT);
+        let d2 = u.mkdir(&CTX, Ino::ROOT, b"d", 0o755).unwrap();
+        assert_eq!(d2.uid, 1000);
+        let s2 = u.mkdir(&CTX, d2.ino, b"sub", 0o755).unwrap();
+        assert!(names(u, s2.ino).is_empty());
+        assert_eq!(names(u, d2.ino), ["sub"]);
+        let f = remount(f, base());
+        let u = &f.u;
+        assert_eq!(names(u, path_ino(u, "d/sub").unwrap().ino), Vec::<String>::new());
+        assert_eq!(names(u, path_ino(u, "d").unwrap().ino), ["sub"]);
+        // no whiteout inside the opaque directory
+        let up = upper_path(&f);
+        assert_eq!(std::fs::read_dir(up.join("d")).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn copy_up_keeps_ino_data_and_parent_times() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        let t = path_ino(u, "a/bottom.txt").unwrap();
+        u.setattr(t.ino, &SetAttr { uid: Some(5), ..Default::default() }).unwrap();
+        let t2 = u.getattr(t.ino, None).unwrap();
+        assert_eq!((t2.ino, t2.perm, t2.uid, t2.mtime), (t.ino, 0o600, 5, t.mtime));
+        assert_eq!(u.getattr(a.ino, None).unwrap().mtime, a.mtime);
+        assert_eq!(read_all(u, t.ino), b"bottom");
+        let f = remount(f, base());
+        let u = &f.u;
+        let t3 = path_ino(u, "a/bottom.txt").unwrap();
+        assert_eq!((t3.ino, t3.uid), (t.ino, 5));
+        let (fh, _) = u.opendir(path_ino(u, "a").unwrap().ino).unwrap();
+        let e = u.readdir(fh, 0).unwrap();
+        assert!(e.iter().any(|e| e.name == b"bottom.txt" && e.ino == t.ino));
+    }
+
+    #[test]
+    fn hardlinks_survive_copy_up_and_remount() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b1 = path_ino(u, "big").unwrap();
+        let o = u.open(b1.ino, libc::O_WRONLY).unwrap();
+        u.write(o.fh, 0, b"new").unwrap();
+        u.release(o.fh);
+        let b2 = path_ino(u, "big2").unwrap();
+        assert_eq!(b1.ino, b2.ino);
+        assert_eq!(&read_all(u, b2.ino)[..3], b"new");
+        assert_eq!(u.getattr(b2.ino, None).unwrap().nlink, 2);
+        let f = remount(f, base());
+        let u = &f.u;
+        let c2 = path_ino(u, "big2").unwrap();
+        assert_eq!(c2.ino, b1.ino);
+        assert_eq!(&read_all(u, c2.ino)[..3], b"new");
+        assert_eq!(c2.nlink, 2);
+        let c1 = path_ino(u, "big").unwrap();
+        assert_eq!(c1.nlink, 2);
+    }
+
+    #[test]
+    fn rename_merged_dir_uses_redirect() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        u.rename(Ino::ROOT, b"a", Ino::ROOT, b"z", 0).unwrap();
+        assert_eq!(path_ino(u, "a").unwrap_err(), Errno::ENOENT);
+        let z = path_ino(u, "z").unwrap();
+        assert_eq!(z.ino, a.ino);
+        assert_eq!(names(u, z.ino), ["bottom.txt", "top.txt"]);
+        u.mkdir(&CTX, Ino::ROOT, b"a", 0o700).unwrap();
+        let a2 = path_ino(u, "a").unwrap();
+        assert!(names(u, a2.ino).is_empty());
+        let f = remount(f, base());
+        let u = &f.u;
+        let z = path_ino(u, "z").unwrap();
+        assert_eq!(z.ino, a.ino);
+        assert_eq!(names(u, z.ino), ["bottom.txt", "top.txt"]);
+        assert!(names(u, path_ino(u, "a").unwrap().ino).is_empty());
+        assert_eq!(read_all(u, path_ino(u, "z/top.txt").unwrap().ino), b"top");
+    }
+
+    #[test]
+    fn whiteout_replaced_then_renamed_over() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        u.remove(a.ino, b"top.txt", false).unwrap();
+        u.symlink(&CTX, a.ino, b"top.txt", b"target").unwrap();
+        let (_attr, o) = u.create(&CTX, a.ino, b"new", 0o644, libc::O_WRONLY).unwrap();
+        u.release(o.fh);
+        u.rename(a.ino, b"new", a.ino, b"top.txt", 0).unwrap();
+        assert_eq!(names(u, a.ino), ["bottom.txt", "top.txt"]);
+        let t = path_ino(u, "a/top.txt").unwrap();
+        assert_eq!(t.kind, FileKind::Regular);
+        let up = upper_path(&f).join("a");
+        let mut on_disk: Vec<String> =
+            std::fs::read_dir(&up).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        on_disk.sort();
+        assert_eq!(on_disk, ["top.txt"]);
+        assert!(!Path::new(&up.join("new")).exists());
+    }
+
+    #[test]
+    fn rename_exchange_and_noreplace() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        assert_eq!(u.rename(a.ino, b"top.txt", a.ino, b"bottom.txt", libc::RENAME_NOREPLACE), Err(Errno::EEXIST));
+        u.rename(a.ino, b"top.txt", a.ino, b"bottom.txt", libc::RENAME_EXCHANGE).unwrap();
+        assert_eq!(read_all(u, path_ino(u, "a/bottom.txt").unwrap().ino), b"top");
+        assert_eq!(read_all(u, path_ino(u, "a/top.txt").unwrap().ino), b"bottom");
+    }
+
+    #[test]
+    fn metadata_only_copy_up_then_write() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "a/bottom.txt").unwrap();
+        u.setattr(b.ino, &SetAttr { mode: Some(0o640), ..Default::default() }).unwrap();
+        let up = upper_path(&f).join("a/bottom.txt");
+        assert_eq!(std::fs::metadata(&up).unwrap().len(), 6);
+        assert_eq!(std::fs::read(&up).unwrap(), [0u8; 6], "data was copied");
+        assert_eq!(read_all(u, b.ino), b"bottom");
+        assert_eq!(u.getattr(b.ino, None).unwrap().perm, 0o640);
+        let f = remount(f, base());
+        let u = &f.u;
+        let b2 = path_ino(u, "a/bottom.txt").unwrap();
+        assert_eq!((b2.ino, b2.perm), (b.ino, 0o640));
+        assert_eq!(read_all(u, b2.ino), b"bottom");
+        let o = u.open(b2.ino, libc::O_WRONLY).unwrap();
+        u.write(o.fh, 0, b"B").unwrap();
+        u.release(o.fh);
+        assert_eq!(read_all(u, b2.ino), b"Bottom");
+        assert_eq!(std::fs::read(upper_path(&f).join("a/bottom.txt")).unwrap(), b"Bottom");
+        let f = remount(f, base());
+        let u = &f.u;
+        let b3 = path_ino(u, "a/bottom.txt").unwrap();
+        assert_eq!(read_all(u, b3.ino), b"Bottom");
+        assert_eq!(b3.perm, 0o640);
+    }
+
+    #[test]
+    fn truncate_to_zero_copies_no_data() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        u.setattr(b.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+        assert_eq!(u.getattr(b.ino, None).unwrap().size, 0);
+        let t = path_ino(u, "a/top.txt").unwrap();
+        u.setattr(t.ino, &SetAttr { size: Some(0), ..Default::default() }).unwrap();
+        assert!(read_all(u, t.ino).is_empty());
+        let f = remount(f, base());
+        let u = &f.u;
+        assert!(read_all(u, path_ino(u, "a/top.txt").unwrap().ino).is_empty());
+        assert_eq!(path_ino(u, "big2").unwrap().size, 0);
+    }
+
+    #[test]
+    fn removing_a_lower_hard_link_keeps_counts_exact() {
+        let f = fixture(base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        assert_eq!(b.nlink, 2);
+        u.remove(Ino::ROOT, b"big2", false).unwrap();
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        let f = remount(f, base());
+        let u = &f.u;
+        let b = path_ino(u, "big").unwrap();
+        assert_eq!(b.nlink, 1);
+        assert_eq!(path_ino(u, "big2").unwrap_err(), Errno::ENOENT);
+        let l = u.link(b.ino, Ino::ROOT, b"big3").unwrap();
+        assert_eq!(l.nlink, 2);
+        u.remove(Ino::ROOT, b"big", false).unwrap();
+        assert_eq!(path_ino(u, "big3").unwrap().nlink, 1);
+        assert_eq!(read_all(u, b.ino).len(), 10000);
+    }
+
+    #[test]
+    fn renaming_over_a_lower_hard_link_keeps_counts_exact() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        u.rename(a.ino, b"top.txt", Ino::ROOT, b"big2", 0).unwrap();
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "big2").unwrap().ino), b"top");
+        let f = remount(f, base());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "big").unwrap().ino).len(), 10000);
+    }
+
+    #[test]
+    fn rmdir_not_empty_and_failed_ops_change_nothing() {
+        let f = fixture(base());
+        let u = &f.u;
+        assert_eq!(u.remove(Ino::ROOT, b"a", true), Err(Errno::ENOTEMPTY));
+        assert_eq!(u.remove(Ino::ROOT, b"a", false), Err(Errno::EISDIR));
+        assert_eq!(u.mkdir(&CTX, Ino::ROOT, b"a", 0o755).unwrap_err(), Errno::EEXIST);
+        assert_eq!(names(u, Ino::ROOT), ["a", "b", "big", "big2", "d"]);
+    }
+}

@@ -1,0 +1,635 @@
+//! The fuser adapter: each `Filesystem` method calls one [`Union`] method and replies; errnos
+//! are mapped in [`reply_err`] only. It also owns the kernel-facing policy: TTLs, page-cache
+//! flags, readdirplus, and FUSE passthrough (one backing id per inode, shared by its opens).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    AccessFlags, BackingId, CopyFileRangeFlags, Errno as FErrno, FileAttr, FileHandle, FileType, Filesystem,
+    FopenFlags, Generation as FGen, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+
+use crate::core::{Attr, BackingKey, Ctx, Opened, SetAttr, Union};
+use crate::error::Errno;
+use crate::ino::{Fh, Generation, Ino};
+use crate::inode::lock;
+use crate::lower::{FileKind, Timespec};
+use crate::sys::SetTime;
+
+/// Kernel-facing settings.
+#[derive(Clone, Debug)]
+pub struct FsOptions {
+    /// Entry and attribute TTL (everything changes through us, so it can be long).
+    pub ttl: Duration,
+    /// Try FUSE passthrough.
+    pub passthrough: bool,
+    /// Largest write request.
+    pub max_write: u32,
+    /// fsync does nothing (`volatile`).
+    pub volatile: bool,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions { ttl: Duration::from_secs(86400), passthrough: true, max_write: 1 << 20, volatile: false }
+    }
+}
+
+#[derive(Default)]
+struct IoState {
+    cached: u32,
+    passthrough: u32,
+    backing: Option<(BackingKey, Arc<BackingId>)>,
+}
+
+#[derive(Clone, Copy)]
+enum IoMode {
+    Cached,
+    Direct,
+    Passthrough,
+}
+
+/// A kernel inode: node id and generation.
+type InodeKey = (Ino, Generation);
+
+/// The FUSE filesystem.
+pub struct LayerFs {
+    core: Arc<Union>,
+    opts: FsOptions,
+    passthrough: AtomicBool,
+    io: Mutex<HashMap<InodeKey, IoState>>,
+    fh_io: Mutex<HashMap<u64, (InodeKey, IoMode)>>,
+}
+
+impl std::fmt::Debug for LayerFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerFs").field("core", &self.core).finish()
+    }
+}
+
+fn e(err: Errno) -> FErrno {
+    FErrno::from_i32(err.code())
+}
+
+/// The one place an errno becomes a reply.
+macro_rules! reply_err {
+    ($reply:expr, $r:expr, $ok:expr) => {
+        match $r {
+            Ok(v) => $ok(v),
+            Err(err) => $reply.error(e(err)),
+        }
+    };
+}
+
+fn to_time(t: Timespec) -> SystemTime {
+    if t.sec >= 0 {
+        UNIX_EPOCH + Duration::new(t.sec as u64, t.nsec)
+    } else {
+        UNIX_EPOCH - Duration::new((-t.sec) as u64, 0) + Duration::new(0, t.nsec)
+    }
+}
+
+fn file_type(k: FileKind) -> FileType {
+    match k {
+        FileKind::Regular => FileType::RegularFile,
+        FileKind::Directory => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn fattr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino.0),
+        size: a.size,
+        blocks: a.blocks,
+        atime: to_time(a.atime),
+        mtime: to_time(a.mtime),
+        ctime: to_time(a.ctime),
+        crtime: to_time(a.mtime),
+        kind: file_type(a.kind),
+        perm: a.perm,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
+fn settime(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => SetTime::At { sec: d.as_secs() as i64, nsec: d.subsec_nanos() },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), d.subsec_nanos());
+                if nsec > 0 {
+                    sec -= 1;
+                    nsec = 1_000_000_000 - nsec;
+                }
+                SetTime::At { sec, nsec }
+            }
+        },
+    })
+}
+
+fn ctx(req: &Request) -> Ctx {
+    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+impl LayerFs {
+    /// Wraps a union.
+    pub fn new(core: Arc<Union>, opts: FsOptions) -> LayerFs {
+        LayerFs {
+            core,
+            passthrough: AtomicBool::new(false),
+            opts,
+            io: Mutex::new(HashMap::new()),
+            fh_io: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn entry(&self, reply: ReplyEntry, a: &Attr) {
+        reply.entry(&self.opts.ttl, &fattr(a), FGen(a.generation.0));
+    }
+
+    /// Picks the I/O mode of a new open and, for passthrough, the shared backing id. The
+    /// kernel refuses mixing cached and passthrough opens of one inode, and two different
+    /// backing files (after a copy-up): those opens fall back to direct I/O.
+    fn open_mode(
+        &self,
+        key: (Ino, Generation),
+        opened: &Opened,
+        open_backing: &dyn Fn(Fh) -> io::Result<BackingId>,
+    ) -> (IoMode, Option<Arc<BackingId>>) {
+        let mut io = lock(&self.io);
+        let st = io.entry(key).or_default();
+        let want_pt = self.passthrough.load(Ordering::Relaxed) && opened.backing.is_some();
+        if want_pt && st.cached == 0 {
+            let bkey = opened.backing.unwrap_or(BackingKey { ino: key.0, generation: key.1, source: 0 });
+            match &st.backing {
+                Some((k, id)) if *k == bkey => {
+                    st.passthrough += 1;
+                    return (IoMode::Passthrough, Some(id.clone()));
+                }
+                Some(_) => return (IoMode::Direct, None),
+                None => match open_backing(opened.fh) {
+                    Ok(id) => {
+                        let id = Arc::new(id);
+                        st.backing = Some((bkey, id.clone()));
+                        st.passthrough += 1;
+                        return (IoMode::Passthrough, Some(id));
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "FUSE passthrough unavailable: serving reads and writes from the daemon");
+                        self.passthrough.store(false, Ordering::Relaxed);
+                    }
+                },
+            }
+        }
+        if st.passthrough > 0 {
+            return (IoMode::Direct, None);
+        }
+        st.cached += 1;
+        (IoMode::Cached, None)
+    }
+
+    fn open_reply(&self, inode_key: (Ino, Generation), opened: Opened, reply: ReplyOpen) {
+        let core = self.core.clone();
+        let ob = |fh: Fh| -> io::Result<BackingId> {
+            core.with_backing_fd(fh, |fd| reply.open_backing(fd)).map_err(|e| io::Error::from_raw_os_error(e.code()))?
+        };
+        let (mode, id) = self.open_mode(inode_key, &opened, &ob);
+        lock(&self.fh_io).insert(opened.fh.0, (inode_key, mode));
+        let fh = FileHandle(opened.fh.0);
+        match (mode, id) {
+            (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
+            (IoMode::Direct, _) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
+            _ => reply.opened(fh, if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }),
+        }
+    }
+
+    fn release_io(&self, fh: u64) {
+        let Some((key, mode)) = lock(&self.fh_io).remove(&fh) else {
+            return;
+        };
+        let mut io = lock(&self.io);
+        if let Some(st) = io.get_mut(&key) {
+            match mode {
+                IoMode::Cached => st.cached = st.cached.saturating_sub(1),
+                IoMode::Passthrough => {
+                    st.passthrough = st.passthrough.saturating_sub(1);
+                    if st.passthrough == 0 {
+                        st.backing = None; // closes the backing id with the last open
+                    }
+                }
+                IoMode::Direct => {}
+            }
+            if st.cached == 0 && st.passthrough == 0 {
+                io.remove(&key);
+            }
+        }
+    }
+
+    fn inode_key(&self, ino: INodeNo) -> (Ino, Generation) {
+        let gen_ = self.core.table().get(Ino(ino.0)).map_or(Generation(0), |i| i.generation);
+        (Ino(ino.0), gen_)
+    }
+}
+
+impl Filesystem for LayerFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
+        let want = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+        let _ = config.add_capabilities(want & config.capabilities());
+        let _ = config.set_max_write(self.opts.max_write);
+        let _ = config.set_max_readahead(1 << 20);
+        if self.opts.passthrough {
+            if !config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH) {
+                tracing::warn!("FUSE passthrough unavailable (kernel): serving reads from the daemon");
+            } else if crate::sys::geteuid() != 0 {
+                tracing::warn!("FUSE passthrough unavailable (needs CAP_SYS_ADMIN): serving reads from the daemon");
+            } else if config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok()
+            {
+                self.passthrough.store(true, Ordering::Relaxed);
+                tracing::info!("FUSE passthrough: enabled");
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.core.lookup(Ino(parent.0), name.as_bytes()) {
+            Ok(a) => self.entry(reply, &a),
+            Err(Errno::ENOENT) => {
+                // Negative entry, cached as long as positive ones: creations go through us.
+                let mut a = fattr(&Attr {
+                    ino: Ino(0),
+                    generation: Generation(0),
+                    kind: FileKind::Regular,
+                    perm: 0,
+                    nlink: 0,
+                    uid: 0,
+                    gid: 0,
+                    size: 0,
+                    blocks: 0,
+                    rdev: 0,
+                    atime: Timespec::default(),
+                    mtime: Timespec::default(),
+                    ctime: Timespec::default(),
+                });
+                a.ino = INodeNo(0);
+                reply.entry(&self.opts.ttl, &a, FGen(0));
+            }
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(Ino(ino.0), nlookup);
+    }
+
+    // batch_forget: fuser's default calls `forget` for each node (its `ForgetOne` type is
+    // private in 0.18).
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        reply_err!(reply, self.core.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))), |a: Attr| reply
+            .attr(&self.opts.ttl, &fattr(&a)));
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let s = SetAttr { mode, uid, gid, size, atime: settime(atime), mtime: settime(mtime), fh: fh.map(|f| Fh(f.0)) };
+        reply_err!(reply, self.core.setattr(Ino(ino.0), &s), |a: Attr| reply.attr(&self.opts.ttl, &fattr(&a)));
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        reply_err!(reply, self.core.readlink(Ino(ino.0)), |d: Vec<u8>| reply.data(&d));
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.core.mknod(&ctx(req), Ino(parent.0), name.as_bytes(), mode, u64::from(rdev));
+        reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let r = self.core.mkdir(&ctx(req), Ino(parent.0), name.as_bytes(), mode);
+        reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_err!(reply, self.core.remove(Ino(parent.0), name.as_bytes(), false), |()| reply.ok());
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_err!(reply, self.core.remove(Ino(parent.0), name.as_bytes(), true), |()| reply.ok());
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let r = self.core.symlink(&ctx(req), Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes());
+        reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.core.rename(Ino(parent.0), name.as_bytes(), Ino(newparent.0), newname.as_bytes(), flags.bits());
+        reply_err!(reply, r, |()| reply.ok());
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let r = self.core.link(Ino(ino.0), Ino(newparent.0), newname.as_bytes());
+        reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.open(Ino(ino.0), flags.0) {
+            Ok(o) => self.open_reply(self.inode_key(ino), o, reply),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        reply_err!(reply, self.core.read(Fh(fh.0), offset, size), |d: Vec<u8>| { reply.data(&d) });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        reply_err!(reply, self.core.write(Fh(fh.0), offset, data), |n| reply.written(n));
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.release_io(fh.0);
+        self.core.release(Fh(fh.0));
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        if self.opts.volatile {
+            return reply.ok();
+        }
+        reply_err!(reply, self.core.fsync(Fh(fh.0), datasync), |()| reply.ok());
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.core.opendir(Ino(ino.0)) {
+            Ok((fh, lower_only)) => {
+                let flags = if lower_only {
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
+                } else {
+                    FopenFlags::FOPEN_CACHE_DIR
+                };
+                reply.opened(FileHandle(fh.0), flags)
+            }
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.core.readdir(Fh(fh.0), offset) {
+            Ok(v) => v,
+            Err(err) => return reply.error(e(err)),
+        };
+        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ent.ino.0), i as u64 + 1, file_type(ent.kind), OsStr::from_bytes(&ent.name)) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let entries = match self.core.readdir(Fh(fh.0), offset) {
+            Ok(v) => v,
+            Err(err) => return reply.error(e(err)),
+        };
+        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+            let dots = ent.name == b"." || ent.name == b"..";
+            let attr = if dots { self.core.getattr(ent.ino, None) } else { self.core.lookup(Ino(ino.0), &ent.name) };
+            let Ok(a) = attr else { continue };
+            let full = reply.add(
+                INodeNo(a.ino.0),
+                i as u64 + 1,
+                OsStr::from_bytes(&ent.name),
+                &self.opts.ttl,
+                &fattr(&a),
+                FGen(a.generation.0),
+            );
+            if full {
+                if !dots {
+                    self.core.forget(a.ino, 1);
+                }
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.core.release(Fh(fh.0));
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        reply_err!(reply, self.core.statfs(), |s: crate::core::Statfs| reply
+            .statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize));
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_err!(reply, self.core.setxattr(Ino(ino.0), name.as_bytes(), value, flags), |()| reply.ok());
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.core.getxattr(Ino(ino.0), name.as_bytes()) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(FErrno::ERANGE),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.core.listxattr(Ino(ino.0)) {
+            Ok(v) if size == 0 => reply.size(v.len() as u32),
+            Ok(v) if v.len() <= size as usize => reply.data(&v),
+            Ok(_) => reply.error(FErrno::ERANGE),
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_err!(reply, self.core.removexattr(Ino(ino.0), name.as_bytes()), |()| reply.ok());
+    }
+
+    fn access(&self, _req: &Request, _ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // default_permissions: the kernel checks; only reached without it.
+        reply.ok();
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.core.create(&ctx(req), Ino(parent.0), name.as_bytes(), mode, flags) {
+            Ok((a, opened)) => {
+                let key = (a.ino, a.generation);
+                let core = self.core.clone();
+                let ob = |fh: Fh| -> io::Result<BackingId> {
+                    core.with_backing_fd(fh, |fd| reply.open_backing(fd))
+                        .map_err(|e| io::Error::from_raw_os_error(e.code()))?
+                };
+                let (mode, id) = self.open_mode(key, &opened, &ob);
+                lock(&self.fh_io).insert(opened.fh.0, (key, mode));
+                let fh = FileHandle(opened.fh.0);
+                let fa = fattr(&a);
+                let g = FGen(a.generation.0);
+                match (mode, id) {
+                    (IoMode::Passthrough, Some(id)) => {
+                        reply.created_passthrough(&self.opts.ttl, &fa, g, fh, FopenFlags::empty(), &id)
+                    }
+                    (IoMode::Direct, _) => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::FOPEN_DIRECT_IO),
+                    _ => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::empty()),
+                }
+            }
+            Err(err) => reply.error(e(err)),
+        }
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        reply_err!(reply, self.core.fallocate(Fh(fh.0), offset, length, mode), |()| reply.ok());
+    }
+
+    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+        reply_err!(reply, self.core.lseek(Fh(fh.0), offset, whence), |o| reply.offset(o));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        reply_err!(reply, self.core.copy_file_range(Fh(fh_in.0), offset_in, Fh(fh_out.0), offset_out, len), |n| reply
+            .written(n));
+    }
+}

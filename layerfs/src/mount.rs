@@ -1,0 +1,119 @@
+//! Mounting: open the layers, build the union, mount with fuser, serve until unmounted.
+//!
+//! The mount is live when [`mount`] returns (fuser has mounted and answered the kernel's
+//! INIT), so a caller that daemonises afterwards reports success only for a live mount, which
+//! is the contract of a podman `mount_program`. [`serve`] returns when the filesystem is
+//! unmounted (by anyone: `umount`, `fusermount3 -u`, a lazy detach) or on SIGTERM/SIGINT/SIGHUP,
+//! which unmount it (lazily, so a busy mount does not keep the daemon alive).
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::core::Union;
+use crate::dir_lower::DirLower;
+use crate::error::SetupError;
+use crate::fuse::{FsOptions, LayerFs};
+use crate::lower::Lower;
+use crate::options::{LayerSpec, MountConfig};
+use crate::sys;
+use crate::upper::Upper;
+
+/// Opens one layer. The hook for the other layer kinds: packed `.lpk` files and image names
+/// from the store get their `Lower` here once the format crate provides it.
+pub fn open_layer(spec: &LayerSpec) -> Result<Arc<dyn Lower>, SetupError> {
+    match spec {
+        LayerSpec::Dir(p) => Ok(Arc::new(DirLower::open(p)?)),
+        LayerSpec::Packed(p) => Err(SetupError::Open {
+            what: "packed layer (not supported yet)",
+            path: p.clone(),
+            source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
+        }),
+    }
+}
+
+/// Opens the layers and the upper directory (no tree walk: cost independent of their size).
+pub fn build_union(cfg: &MountConfig) -> Result<Union, SetupError> {
+    let layers = cfg.lowers.iter().map(open_layer).collect::<Result<Vec<_>, _>>()?;
+    let upper = match (&cfg.upper, &cfg.work) {
+        (Some(u), Some(w)) if !cfg.flags.ro => Some(Upper::open(u, w)?),
+        _ => None,
+    };
+    Union::new(layers, upper)
+}
+
+/// A mounted, not yet served filesystem.
+pub struct Mounted {
+    session: fuser::Session<LayerFs>,
+    mountpoint: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Mounted({})", self.mountpoint.display())
+    }
+}
+
+/// Mounts `union` at the configured mountpoint; returns once the mount is live.
+pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
+    use fuser::MountOption as M;
+    let fs = LayerFs::new(
+        Arc::new(union),
+        FsOptions { ttl: cfg.timeout, passthrough: cfg.passthrough, volatile: cfg.volatile, ..FsOptions::default() },
+    );
+    let mut opts = vec![M::FSName(cfg.source.clone()), M::Subtype("layerfs".into()), M::DefaultPermissions];
+    let f = &cfg.flags;
+    opts.push(if f.ro { M::RO } else { M::RW });
+    opts.push(if f.dev { M::Dev } else { M::NoDev });
+    opts.push(if f.suid { M::Suid } else { M::NoSuid });
+    opts.push(if f.exec { M::Exec } else { M::NoExec });
+    opts.push(if f.noatime { M::NoAtime } else { M::Atime });
+    let mut config = fuser::Config::default();
+    config.mount_options = opts;
+    config.acl = if sys::geteuid() == 0 { fuser::SessionACL::All } else { fuser::SessionACL::Owner };
+    config.n_threads = Some(cfg.threads.max(1));
+    config.clone_fd = true;
+    let session = fuser::Session::new(fs, &cfg.mountpoint, &config)?;
+    Ok(Mounted { session, mountpoint: cfg.mountpoint.clone() })
+}
+
+/// Serves requests until the filesystem is unmounted; SIGTERM, SIGINT and SIGHUP unmount it.
+/// Must be called before any other thread exists that should receive those signals.
+pub fn serve(m: Mounted) -> std::io::Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGHUP);
+    set.thread_block()?;
+    let mp = m.mountpoint.clone();
+    std::thread::Builder::new().name("layerfs-signals".into()).spawn(move || {
+        if let Ok(sig) = set.wait() {
+            tracing::info!(?sig, mountpoint = %mp.display(), "unmounting");
+            if let Err(e) = umount(&mp, true) {
+                tracing::warn!(%e, "unmount failed");
+            }
+        }
+    })?;
+    m.session.run()
+}
+
+/// Unmounts a layerfs mountpoint (`lazy`: detach even when busy). Falls back to
+/// `fusermount3 -u` when not privileged.
+pub fn umount(mountpoint: &Path, lazy: bool) -> std::io::Result<()> {
+    let c =
+        CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    match sys::umount2(&c, flags) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let st = std::process::Command::new("fusermount3")
+                .arg(if lazy { "-uz" } else { "-u" })
+                .arg(mountpoint)
+                .status()?;
+            if st.success() { Ok(()) } else { Err(e) }
+        }
+        Err(e) => Err(e),
+    }
+}
