@@ -2,7 +2,9 @@
 //!
 //! Module map (see `layerfs/README.md` for the architecture notes):
 //! - [`lower`]: the [`lower::Lower`] trait, the only way the core reaches read-only layers;
-//!   [`dir_lower`] (plain directories) and [`mem_lower`] (in memory, tests) implement it.
+//!   [`packed`] (`.lpk` packed layers, mmap'd), [`dir_lower`] (plain directories) and
+//!   [`mem_lower`] (in memory, tests) implement it.
+//! - [`store`]: the layout of the local store (images by name, layers, objects).
 //! - [`upper`]: the writable upper directory in the kernel overlayfs format, and the work dir.
 //! - [`core`]: the union logic, fuser-free, `Result<T, Errno>` everywhere.
 //! - [`inode`]: inode table, lookup counts, generations, lock order.
@@ -24,6 +26,8 @@ pub mod mapping;
 pub mod mem_lower;
 pub mod mount;
 pub mod options;
+pub mod packed;
+pub mod store;
 pub mod sys;
 pub mod upper;
 

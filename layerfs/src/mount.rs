@@ -17,25 +17,38 @@ use crate::error::SetupError;
 use crate::fuse::{FsOptions, LayerFs};
 use crate::lower::Lower;
 use crate::options::{LayerSpec, MountConfig};
+use crate::packed::PackedLower;
 use crate::sys;
 use crate::upper::Upper;
 
-/// Opens one layer. The hook for the other layer kinds: packed `.lpk` files and image names
-/// from the store get their `Lower` here once the format crate provides it.
-pub fn open_layer(spec: &LayerSpec) -> Result<Arc<dyn Lower>, SetupError> {
-    match spec {
-        LayerSpec::Dir(p) => Ok(Arc::new(DirLower::open(p)?)),
-        LayerSpec::Packed(p) => Err(SetupError::Open {
-            what: "packed layer (not supported yet)",
-            path: p.clone(),
-            source: std::io::Error::from_raw_os_error(libc::ENOTSUP),
-        }),
+/// Opens the configured layers, topmost first: directories, packed layer files, and image
+/// names (expanded into their packed layers from the store).
+pub fn open_layers(cfg: &MountConfig) -> Result<Vec<Arc<dyn Lower>>, SetupError> {
+    let mut out: Vec<Arc<dyn Lower>> = Vec::new();
+    for spec in &cfg.lowers {
+        match spec {
+            LayerSpec::Dir(p) => out.push(Arc::new(DirLower::open(p)?)),
+            LayerSpec::Packed(p) => out.push(Arc::new(PackedLower::open(p, cfg.objects.as_deref())?)),
+            LayerSpec::Image(name) => {
+                let root = cfg.store.clone().unwrap_or_else(crate::store::default_root);
+                let layers = crate::store::image_layers(&root, name).map_err(|e| SetupError::Open {
+                    what: "image",
+                    path: name.into(),
+                    source: std::io::Error::new(std::io::ErrorKind::NotFound, e.to_string()),
+                })?;
+                let objects = cfg.objects.clone().unwrap_or_else(|| crate::store::objects_dir(&root));
+                for l in layers {
+                    out.push(Arc::new(PackedLower::open(&l, Some(&objects))?));
+                }
+            }
+        }
     }
+    Ok(out)
 }
 
 /// Opens the layers and the upper directory (no tree walk: cost independent of their size).
 pub fn build_union(cfg: &MountConfig) -> Result<Union, SetupError> {
-    let layers = cfg.lowers.iter().map(open_layer).collect::<Result<Vec<_>, _>>()?;
+    let layers = open_layers(cfg)?;
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(u), Some(w)) if !cfg.flags.ro => Some(Upper::open(u, w)?),
         _ => None,

@@ -12,15 +12,31 @@ use std::time::Duration;
 
 use crate::error::SetupError;
 
-/// A lower layer named on the command line. The hook for the other kinds: a packed `.lpk`
-/// file and an image name from the store are opened by [`crate::mount::open_layer`] once their
-/// crates land.
+/// A lower layer named on the command line, opened by [`crate::mount::open_layers`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LayerSpec {
     /// A plain directory (either whiteout convention).
     Dir(PathBuf),
-    /// A path that is not a directory: a packed layer file (not supported yet).
+    /// A packed layer file (`.lpk`).
     Packed(PathBuf),
+    /// An image from the store (`NAME[:TAG]`): all its layers, topmost first.
+    Image(String),
+}
+
+impl LayerSpec {
+    /// What a command-line layer argument names: an existing directory or file, else an image
+    /// name if it parses as one (else a directory, which then fails to open with ENOENT).
+    pub fn classify(arg: &str) -> LayerSpec {
+        let path = PathBuf::from(arg);
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => LayerSpec::Dir(path),
+            Ok(_) => LayerSpec::Packed(path),
+            Err(_) if !arg.starts_with(['/', '.']) && crate::store::ImageRef::parse(arg).is_ok() => {
+                LayerSpec::Image(arg.to_string())
+            }
+            Err(_) => LayerSpec::Dir(path),
+        }
+    }
 }
 
 /// Kernel mount flags.
@@ -75,6 +91,11 @@ pub struct MountConfig {
     pub volatile: bool,
     /// Options that were ignored (reported as warnings).
     pub ignored: Vec<String>,
+    /// The objects directory of packed layers with external data (default: the store's, found
+    /// beside the layer file).
+    pub objects: Option<PathBuf>,
+    /// The store that image names refer to (default: [`crate::store::default_root`]).
+    pub store: Option<PathBuf>,
 }
 
 impl Default for MountConfig {
@@ -94,6 +115,8 @@ impl Default for MountConfig {
             log: std::env::var_os("LAYERFS_LOG").map(PathBuf::from),
             volatile: false,
             ignored: Vec::new(),
+            objects: None,
+            store: None,
         }
     }
 }
@@ -102,7 +125,7 @@ impl Default for MountConfig {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Command {
     /// Mount.
-    Mount(MountConfig),
+    Mount(Box<MountConfig>),
     /// Unmount a mountpoint.
     Umount(PathBuf),
     /// Print usage.
@@ -192,7 +215,11 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
         None => (opt, None),
     };
     match (key, val) {
-        ("lowerdir", Some(v)) => cfg.lowers = split_lowerdir(v).into_iter().map(LayerSpec::Dir).collect(),
+        ("lowerdir", Some(v)) => {
+            cfg.lowers = split_lowerdir(v).into_iter().map(|p| LayerSpec::classify(&p.to_string_lossy())).collect()
+        }
+        ("objects", Some(v)) => cfg.objects = Some(v.into()),
+        ("store", Some(v)) => cfg.store = Some(v.into()),
         ("upperdir", Some(v)) => cfg.upper = Some(v.into()),
         ("workdir", Some(v)) => cfg.work = Some(v.into()),
         ("timeout", Some(v)) => {
@@ -316,9 +343,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, SetupError> {
     cfg.mountpoint = mountpoint.into();
     if native {
         for p in positional {
-            let path = PathBuf::from(p);
-            let spec = if path.is_dir() || !path.exists() { LayerSpec::Dir(path) } else { LayerSpec::Packed(path) };
-            cfg.lowers.push(spec);
+            cfg.lowers.push(LayerSpec::classify(&p));
         }
     } else {
         if positional.len() > 1 {
@@ -337,7 +362,7 @@ pub fn parse_args(args: &[String]) -> Result<Command, SetupError> {
     if cfg.upper.is_none() {
         cfg.flags.ro = true;
     }
-    Ok(Command::Mount(cfg))
+    Ok(Command::Mount(Box::new(cfg)))
 }
 
 #[cfg(test)]

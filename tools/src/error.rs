@@ -20,9 +20,9 @@ pub enum StoreError {
     /// No image of that name.
     #[error("no such image: {0}")]
     NoSuchImage(String),
-    /// An invalid image name.
-    #[error("invalid image name {0:?}: {1}")]
-    BadName(String, &'static str),
+    /// An invalid image name (or another layout error).
+    #[error(transparent)]
+    Name(#[from] layerfs::store::StoreError),
     /// A malformed digest string.
     #[error("invalid digest {0:?}")]
     BadDigest(String),

@@ -3,8 +3,6 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::StoreError;
-
 /// An image: its layers (lowest first) and its configuration.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
@@ -105,68 +103,4 @@ impl Image {
     }
 }
 
-/// `NAME[:TAG]`, with the tag defaulting to `latest`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageRef {
-    /// Repository name (may contain `/` and a `host:port/` prefix).
-    pub name: String,
-    /// Tag.
-    pub tag: String,
-}
-
-impl ImageRef {
-    /// Parses `NAME[:TAG]` (a `:` before the last `/` belongs to a registry host).
-    pub fn parse(s: &str) -> Result<ImageRef, StoreError> {
-        let bad = |why: &'static str| StoreError::BadName(s.to_string(), why);
-        if s.is_empty() {
-            return Err(bad("empty name"));
-        }
-        let slash = s.rfind('/').map(|i| i + 1).unwrap_or(0);
-        let (name, tag) = match s[slash..].rfind(':') {
-            Some(i) => (&s[..slash + i], &s[slash + i + 1..]),
-            None => (s, "latest"),
-        };
-        if name.is_empty() || tag.is_empty() {
-            return Err(bad("empty name or tag"));
-        }
-        if tag.len() > 128 || !tag.bytes().all(|c| c.is_ascii_alphanumeric() || b"_.-".contains(&c)) {
-            return Err(bad("a tag is up to 128 of [A-Za-z0-9_.-]"));
-        }
-        if !name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-/:".contains(&c))
-            || name.starts_with(['/', '.', '-'])
-            || name.contains("//")
-            || name.contains("..")
-        {
-            return Err(bad("a name is lowercase [a-z0-9._-] components separated by /"));
-        }
-        Ok(ImageRef { name: name.to_string(), tag: tag.to_string() })
-    }
-
-    /// The manifest file's stem: `NAME:TAG` with `/` and `%` escaped.
-    pub fn file_stem(&self) -> String {
-        format!("{}:{}", self.name, self.tag).replace('%', "%25").replace('/', "%2F")
-    }
-}
-
-impl std::fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.name, self.tag)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_refs() {
-        let r = ImageRef::parse("debian").unwrap();
-        assert_eq!((r.name.as_str(), r.tag.as_str()), ("debian", "latest"));
-        let r = ImageRef::parse("localhost:5000/lib/deb:12.1").unwrap();
-        assert_eq!((r.name.as_str(), r.tag.as_str()), ("localhost:5000/lib/deb", "12.1"));
-        assert_eq!(r.file_stem(), "localhost:5000%2Flib%2Fdeb:12.1");
-        for bad in ["", "Debian", "a:", ":t", "../x", "a//b", "/abs", "a:b c"] {
-            assert!(ImageRef::parse(bad).is_err(), "{bad}");
-        }
-    }
-}
+pub use layerfs::store::ImageRef;

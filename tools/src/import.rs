@@ -412,7 +412,7 @@ pub fn import(
     opts: &ImportOptions,
     pb: &ProgressBar,
 ) -> Result<ImportReport, ImportError> {
-    let image_ref = ImageRef::parse(tag)?;
+    let image_ref = ImageRef::parse(tag).map_err(crate::StoreError::from)?;
     let meta = std::fs::metadata(source).map_err(|e| ImportError::io(format!("reading {}", source.display()), e))?;
     let (blobs, config, kind) = if meta.is_dir() {
         if !source.join("oci-layout").is_file() {

@@ -58,17 +58,7 @@ impl Store {
     /// The default root: `$LAYERFS_ROOT`, else `/var/lib/layerfs` for root, else
     /// `$XDG_DATA_HOME/layerfs` (or `~/.local/share/layerfs`).
     pub fn default_root() -> PathBuf {
-        if let Some(r) = std::env::var_os("LAYERFS_ROOT").filter(|r| !r.is_empty()) {
-            return r.into();
-        }
-        if nix::unistd::geteuid().is_root() {
-            return "/var/lib/layerfs".into();
-        }
-        if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
-            return Path::new(&x).join("layerfs");
-        }
-        let home = std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-        Path::new(&home).join(".local/share/layerfs")
+        layerfs::store::default_root()
     }
 
     /// Opens (creating if needed) the store at `root`.
@@ -129,7 +119,7 @@ impl Store {
 
     /// Path of layer `digest`.
     pub fn layer_path(&self, digest: &Digest32) -> PathBuf {
-        self.root.join("layers").join(format!("{}.lpk", hex::encode(digest)))
+        layerfs::store::layer_path(&self.root, &hex::encode(digest))
     }
 
     /// Path of object `digest`.
@@ -140,11 +130,11 @@ impl Store {
 
     /// The objects directory.
     pub fn objects_dir(&self) -> PathBuf {
-        self.root.join("objects")
+        layerfs::store::objects_dir(&self.root)
     }
 
     fn image_path(&self, r: &ImageRef) -> PathBuf {
-        self.root.join("images").join(format!("{}.json", r.file_stem()))
+        layerfs::store::image_path(&self.root, r)
     }
 
     /// A new temporary file in `tmp/` (mode 0644 until published).

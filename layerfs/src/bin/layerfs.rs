@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         Command::Umount(mp) => {
             layerfs::mount::umount(&mp, false).with_context(|| format!("unmounting {}", mp.display()))
         }
-        Command::Mount(cfg) => run_mount(cfg),
+        Command::Mount(cfg) => run_mount(*cfg),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
