@@ -67,7 +67,8 @@ fn build_store() -> Store {
     let mut sparse = vec![0u8; 16 << 20];
     sparse[8 << 20] = 7;
     let mut layers = Vec::new();
-    let builds: Vec<Box<dyn Fn(&mut LayerBuilder<'_>)>> = vec![
+    type Build<'a> = Box<dyn Fn(&mut LayerBuilder<'_>) + 'a>;
+    let builds: Vec<Build<'_>> = vec![
         Box::new(|b| {
             b.dir(b"", meta(0o755)).unwrap();
             file(b, "etc/os-release", b"NAME=base\n");
