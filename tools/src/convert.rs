@@ -43,8 +43,13 @@ pub struct HashingReader<R> {
     inner: R,
     tx: Option<std::sync::mpsc::SyncSender<Vec<u8>>>,
     worker: Option<std::thread::JoinHandle<[u8; 32]>>,
+    /// Bytes not yet sent: small reads (tar headers) are batched so that the channel sees few,
+    /// large chunks.
+    pending: Vec<u8>,
     count: u64,
 }
+
+const HASH_BATCH: usize = 256 * 1024;
 
 impl<R: Read> HashingReader<R> {
     /// Wraps `inner`.
@@ -60,12 +65,13 @@ impl<R: Read> HashingReader<R> {
                 h.finalize().into()
             })
             .expect("spawning the hashing thread");
-        HashingReader { inner, tx: Some(tx), worker: Some(worker), count: 0 }
+        HashingReader { inner, tx: Some(tx), worker: Some(worker), pending: Vec::with_capacity(HASH_BATCH), count: 0 }
     }
 
     /// Reads the rest of the stream and returns its SHA-256 and length.
     pub fn finish(mut self) -> io::Result<([u8; 32], u64)> {
         io::copy(&mut self, &mut io::sink())?;
+        self.send_pending()?;
         drop(self.tx.take());
         let digest = self
             .worker
@@ -74,6 +80,19 @@ impl<R: Read> HashingReader<R> {
             .join()
             .map_err(|_| io::Error::other("hashing thread panicked"))?;
         Ok((digest, self.count))
+    }
+}
+
+impl<R> HashingReader<R> {
+    fn send_pending(&mut self) -> io::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.pending, Vec::with_capacity(HASH_BATCH));
+        match &self.tx {
+            Some(tx) => tx.send(chunk).map_err(|_| io::Error::other("hashing thread ended")),
+            None => Ok(()),
+        }
     }
 }
 
@@ -89,10 +108,9 @@ impl<R> Drop for HashingReader<R> {
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        if n > 0
-            && let Some(tx) = &self.tx
-        {
-            tx.send(buf[..n].to_vec()).map_err(|_| io::Error::other("hashing thread ended"))?;
+        self.pending.extend_from_slice(&buf[..n]);
+        if self.pending.len() >= HASH_BATCH {
+            self.send_pending()?;
         }
         self.count += n as u64;
         Ok(n)
