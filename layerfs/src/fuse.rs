@@ -1,5 +1,5 @@
 //! The fuser adapter: each `Filesystem` method calls one [`Union`] method and replies; errnos
-//! are mapped in [`reply_err`] only. It also owns the kernel-facing policy: TTLs, page-cache
+//! are mapped in the `reply_err!` macro only. It also owns the kernel-facing policy: TTLs, page-cache
 //! flags, readdirplus, and FUSE passthrough (one backing id per inode, shared by its opens).
 
 use std::collections::HashMap;
