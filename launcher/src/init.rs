@@ -108,8 +108,8 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::Setsid(e.into()))?;
     }
 
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = user::read_db(Path::new("/etc/passwd"));
+    let group = user::read_db(Path::new("/etc/group"));
     let user = user::resolve(cfg.user.as_deref(), &passwd, &group)?;
     let mut env = cfg.env.clone();
     if env_get(&env, "HOME").is_none() {
