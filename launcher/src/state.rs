@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups::Cgroup;
 use crate::config::ContainerConfig;
 use crate::error::{Error, Result};
+use crate::rootfs::{DaemonEnd, LayerfsDirs};
 
 /// Lifecycle status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +47,33 @@ pub struct State {
     /// The bridge attachment (`--net bridge`).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// A layerfs root: its directories (the upper is kept until `rm`) and its daemon.
+    #[serde(default)]
+    pub layerfs: Option<LayerfsState>,
     pub config: ContainerConfig,
+}
+
+/// The runtime side of a layerfs root (the image and its layers are in `config.rootfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerfsState {
+    #[serde(flatten)]
+    pub dirs: LayerfsDirs,
+    /// The daemon's pid and start time (clock ticks since boot), while it may run.
+    pub daemon_pid: Option<i32>,
+    pub daemon_start: Option<u64>,
+    /// How the daemon ended.
+    #[serde(default)]
+    pub daemon_end: Option<DaemonEnd>,
+}
+
+impl LayerfsState {
+    /// Whether the daemon recorded here still runs.
+    pub fn daemon_alive(&self) -> bool {
+        match (self.daemon_pid, self.daemon_start) {
+            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+            _ => false,
+        }
+    }
 }
 
 impl State {
@@ -67,6 +94,7 @@ impl State {
             error: None,
             cgroup: Cgroup::default(),
             network: None,
+            layerfs: None,
             config,
         }
     }
@@ -106,11 +134,16 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+/// Start time of a live process in clock ticks since boot (field 22 of `/proc/PID/stat`); `None` when there is
+/// no such process or it is dead (a zombie waiting for its parent counts as dead).
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// The state root for this user.
@@ -366,7 +399,7 @@ mod tests {
         s.create(&a, "web").unwrap();
         // A tombstone outlives the removal.
         let mut st = State::new(
-            crate::client::build_config(&crate::client::RunOptions { rootfs: "/".into(), ..Default::default() })
+            crate::client::build_config(&crate::client::RunOptions { rootfs: Some("/".into()), ..Default::default() })
                 .unwrap(),
         );
         st.exit_code = Some(7);
