@@ -563,14 +563,24 @@ pub fn rm(store_root: &Path, refs: &[String], force: bool) -> Result<i32> {
             let _ = signal(&store, &st, libc::SIGKILL);
             wait_exit(&store, &st.id, Some(Duration::from_secs(30)))?;
         }
-        // A monitor that died uncleanly leaves its cgroup and its veth behind.
+        // A monitor that died uncleanly leaves its cgroup and its veth behind (its layerfs daemon got a parent
+        // death signal; one that is somehow still there is killed before its upper is removed).
         if !st.monitor_alive() {
+            if let Some(l) = st.layerfs.as_ref().filter(|l| l.daemon_alive())
+                && let Some(pid) = l.daemon_pid
+                && let Ok(fd) = sys::pidfd_open(pid)
+                && l.daemon_alive()
+            {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut p, PollTimeout::from(5000u16));
+            }
             let _ = st.cgroup.remove();
             if st.config.net == NetMode::Bridge {
                 let _ = network::release_stale(&store.root, &st.id);
             }
         }
-        store.remove(&st.id, &st.name)?;
+        store.remove_as(&st.id, &st.name, st.config.userns.as_ref())?;
         println!("{r}");
     }
     Ok(0)

@@ -108,7 +108,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
             let _ = store.save(&state);
             if state.config.remove {
                 let _ = store.bury(&state);
-                let _ = store.remove(&state.id, &state.name);
+                let _ = store.remove_as(&state.id, &state.name, state.config.userns.as_ref());
             }
             // Report last: when the CLI returns, nothing of the container is left to race with.
             let _ = proto::send_frame(birth.as_fd(), &Frame::Failed { message: e.to_string(), code });
@@ -162,7 +162,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     if state.config.remove {
         // The tombstone first: a `wait` that finds no container finds it.
         let _ = store.bury(&state);
-        let _ = store.remove(&state.id, &state.name);
+        let _ = store.remove_as(&state.id, &state.name, state.config.userns.as_ref());
     }
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
     // by `rm`, must not race with the monitor.

@@ -361,6 +361,13 @@ impl Store {
 
     /// Removes a container's directory and frees its name.
     pub fn remove(&self, id: &str, name: &str) -> Result<()> {
+        self.remove_as(id, name, None)
+    }
+
+    /// Removes a container's directory and frees its name; rootless with subordinate ids (`userns`), what the
+    /// caller may not delete (files the container made as its other users, in its upper) is deleted from inside
+    /// a user namespace with the container's maps.
+    pub fn remove_as(&self, id: &str, name: &str, userns: Option<&crate::idmap::UserNs>) -> Result<()> {
         let link = self.root.join("names").join(name);
         if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(id)) {
             let _ = std::fs::remove_file(&link);
@@ -369,6 +376,9 @@ impl Store {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && userns.is_some_and(|ns| ns.is_full()) => {
+                userns.expect("checked").remove_tree(&dir)
+            }
             Err(e) => Err(Error::StateDir { path: dir, source: e }),
         }
     }
