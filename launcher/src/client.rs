@@ -104,10 +104,11 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
     if hostname.is_empty() || hostname.len() > 64 {
         return Err(Error::InvalidArgument(format!("invalid hostname {hostname:?}")));
     }
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // available_parallelism reads cgroup files and mountinfo: only when needed.
+    let ncpu = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let limits = Limits {
         memory: o.memory.as_deref().map(config::parse_memory).transpose()?,
-        cpu_quota: o.cpus.as_deref().map(|c| config::parse_cpus(c, ncpu)).transpose()?,
+        cpu_quota: o.cpus.as_deref().map(|c| config::parse_cpus(c, ncpu())).transpose()?,
         pids: match o.pids_limit {
             None => None,
             Some(n) if n <= 0 => None,

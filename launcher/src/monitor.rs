@@ -60,8 +60,12 @@ pub fn spawn(store: &Store, cfg: ContainerConfig) -> Result<OwnedFd> {
     let dir = store.create(&cfg.id, &cfg.name)?;
     let mut state = State::new(cfg.clone());
     if cfg.rootfs.layerfs().is_some() {
-        state.layerfs =
-            Some(LayerfsState { dirs: LayerfsDirs::new(&dir), daemon_pid: None, daemon_start: None, daemon_end: None });
+        state.layerfs = Some(LayerfsState {
+            dirs: LayerfsDirs::new(&store.root, &dir),
+            daemon_pid: None,
+            daemon_start: None,
+            daemon_end: None,
+        });
     }
     store.save(&state)?;
     let (cli, mon) = proto::socketpair().map_err(|e| Error::sys("socketpair", e))?;
@@ -90,13 +94,16 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let mut block = forwarded_signals();
     block.add(nix::sys::signal::Signal::SIGCHLD);
     let _ = sys::block_signals(&block);
+    // As root the layerfs daemon starts first thing: it mounts while we record our pid and clone the container
+    // (rootless it needs the container's user namespace: started after the clone).
+    let root = state.config.rootfs.prepare(&LayerfsDirs::new(&store.root, dir), state.config.rootless);
 
     let me = std::process::id() as i32;
     state.monitor_pid = Some(me);
     state.monitor_start = process_start_time(me);
     let _ = store.save(&state);
 
-    let started = match start(store, &state.config, dir) {
+    let started = match root.and_then(|root| start(store, &state.config, dir, root)) {
         Ok(s) => s,
         Err(e) => {
             let code = e.exit_code();
@@ -159,10 +166,13 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     if let Some(att) = &started.network {
         let _ = network::release(&store.root, &state.id, att);
     }
+    // `--rm`: the directory goes to the trash at once (the container and its name are gone for everyone);
+    // its files (the upper among them) are deleted after the exit is reported.
+    let mut trash = None;
     if state.config.remove {
         // The tombstone first: a `wait` that finds no container finds it.
         let _ = store.bury(&state);
-        let _ = store.remove_as(&state.id, &state.name, state.config.userns.as_ref());
+        trash = store.retire(&state.id, &state.name).ok().flatten();
     }
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
     // by `rm`, must not race with the monitor.
@@ -170,6 +180,10 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     for c in &mut clients {
         c.queue(exit.clone());
         c.flush_blocking(Duration::from_secs(2));
+    }
+    drop(clients);
+    if let Some(t) = trash {
+        let _ = store.delete(&t, state.config.userns.as_ref());
     }
     0
 }
@@ -212,11 +226,14 @@ fn write_etc_files(cfg: &ContainerConfig, dir: &Path, att: Option<&Attachment>) 
     Ok(out)
 }
 
-fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
-    let layout = Layout::detect()?;
-    // As root the layerfs daemon starts now and mounts while the container is cloned (rootless it needs the
-    // container's user namespace: started after the clone).
-    let mut root = cfg.rootfs.prepare(dir, cfg.rootless)?;
+fn start(store: &Store, cfg: &ContainerConfig, dir: &Path, mut root: PreparedRoot) -> Result<Started> {
+    let layout = match Layout::detect() {
+        Ok(l) => l,
+        Err(e) => {
+            root.release();
+            return Err(e.into());
+        }
+    };
     let cgroup = if !cfg.cgroups.wanted(&cfg.limits) {
         Ok(Cgroup::none(match cfg.cgroups {
             CgroupMode::Disabled => "--cgroups=disabled: the container stays in the launcher's cgroup",
@@ -369,7 +386,7 @@ fn start_in(
             }
         };
         ns.write(pid).map_err(fail)?;
-        root.start_daemon(&cfg.rootfs, dir, pidfd.as_fd()).map_err(fail)?;
+        root.start_daemon(&cfg.rootfs, pidfd.as_fd()).map_err(fail)?;
     }
     cgroup.join(pid, joined_v2).map_err(|e| fail(e.into()))?;
     if let Some(att) = net {

@@ -79,33 +79,35 @@ pub struct ImageInfo {
     pub diff_ids: Vec<String>,
 }
 
-/// The directories of a layerfs root in a container's state directory.
+/// The directories of a layerfs root: the container's own in its state directory, and two shared by all the
+/// containers of a state root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerfsDirs {
     /// The writable layer (kernel overlayfs format): kept until `rm`.
     pub upper: PathBuf,
-    /// docker's "init layer": a directory lower on top of the image's layers holding the mount points the
-    /// launcher needs (`/proc`, `/sys`, `/dev`, `/etc/{hostname,hosts,resolv.conf}`), so that creating them
-    /// never writes into the upper (which then holds only what the container changed).
-    #[serde(default)]
-    pub init: PathBuf,
     /// layerfs's work directory (same filesystem as `upper`).
     pub work: PathBuf,
-    /// The mount point, in the daemon's mount namespace (empty on the host).
-    pub merged: PathBuf,
     /// The daemon's standard error.
     pub log: PathBuf,
+    /// docker's "init layer", shared and never written: a directory lower on top of the image's layers holding
+    /// the mount points the launcher needs (`/proc`, `/sys`, `/dev`, `/etc/{hostname,hosts,resolv.conf}`), so
+    /// that making them never writes into the upper (which then holds only what the container changed).
+    #[serde(default)]
+    pub init: PathBuf,
+    /// The mount point. Every daemon mounts on this one shared directory, each in its own mount namespace (on
+    /// the host it stays an empty directory).
+    pub merged: PathBuf,
 }
 
 impl LayerfsDirs {
-    /// The directories in state directory `dir`.
-    pub fn new(dir: &Path) -> LayerfsDirs {
+    /// The directories of the container with state directory `dir` in state root `root`.
+    pub fn new(root: &Path, dir: &Path) -> LayerfsDirs {
         LayerfsDirs {
             upper: dir.join("upper"),
-            init: dir.join("init"),
             work: dir.join("work"),
-            merged: dir.join("merged"),
             log: dir.join("layerfs.log"),
+            init: root.join("init-layer"),
+            merged: root.join("mnt"),
         }
     }
 }
@@ -115,24 +117,42 @@ const INIT_DIRS: &[&str] = &["proc", "sys", "dev", "etc"];
 const INIT_FILES: &[&str] = &["etc/hostname", "etc/hosts", "etc/resolv.conf"];
 
 impl LayerfsDirs {
-    /// Creates the upper, work, mount and init directories.
+    /// Creates the upper and work directories, and the shared ones when missing (the init layer is built aside
+    /// and renamed into place: it is complete whenever it exists).
     pub fn create(&self) -> Result<()> {
         let fail = |p: &Path, e: std::io::Error| Error::Layerfs {
             step: "create the upper, work, init and mount directories",
             reason: format!("{}: {e}", p.display()),
         };
-        for d in [&self.upper, &self.work, &self.merged] {
-            std::fs::create_dir_all(d).map_err(|e| fail(d, e))?;
+        for d in [&self.upper, &self.work] {
+            std::fs::create_dir(d).map_err(|e| fail(d, e))?;
         }
+        match std::fs::create_dir(&self.merged) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(fail(&self.merged, e)),
+            _ => {}
+        }
+        if self.init.is_dir() {
+            return Ok(());
+        }
+        let tmp = self.init.with_file_name(format!(".init-layer.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
         for d in INIT_DIRS {
-            let p = self.init.join(d);
+            let p = tmp.join(d);
             std::fs::create_dir_all(&p).map_err(|e| fail(&p, e))?;
         }
         for f in INIT_FILES {
-            let p = self.init.join(f);
+            let p = tmp.join(f);
             std::fs::write(&p, b"").map_err(|e| fail(&p, e))?;
         }
-        Ok(())
+        match std::fs::rename(&tmp, &self.init) {
+            Ok(()) => Ok(()),
+            // Another start won the race: use its layer (identical).
+            Err(_) if self.init.is_dir() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+                Ok(())
+            }
+            Err(e) => Err(fail(&self.init, e)),
+        }
     }
 }
 
@@ -144,6 +164,8 @@ pub struct PreparedRoot {
     pub path: PathBuf,
     /// The layerfs daemon serving it.
     pub daemon: Option<Daemon>,
+    /// The layerfs directories.
+    dirs: Option<LayerfsDirs>,
 }
 
 impl RootFsSpec {
@@ -209,14 +231,13 @@ impl RootFsSpec {
 
     /// Makes what can be made before the container is cloned: the directories and, as root, the layerfs daemon
     /// (rootless, the daemon needs the container's user namespace: [`PreparedRoot::start_daemon`] after the clone).
-    pub fn prepare(&self, state_dir: &Path, rootless: bool) -> Result<PreparedRoot> {
+    pub fn prepare(&self, dirs: &LayerfsDirs, rootless: bool) -> Result<PreparedRoot> {
         match self {
-            RootFsSpec::Dir { path } => Ok(PreparedRoot { path: path.clone(), daemon: None }),
+            RootFsSpec::Dir { path } => Ok(PreparedRoot { path: path.clone(), daemon: None, dirs: None }),
             RootFsSpec::Layerfs(spec) => {
-                let dirs = LayerfsDirs::new(state_dir);
                 dirs.create()?;
-                let daemon = if rootless { None } else { Some(Daemon::spawn(spec, &dirs, None)?) };
-                Ok(PreparedRoot { path: dirs.merged, daemon })
+                let daemon = if rootless { None } else { Some(Daemon::spawn(spec, dirs, None)?) };
+                Ok(PreparedRoot { path: dirs.merged.clone(), daemon, dirs: Some(dirs.clone()) })
             }
         }
     }
@@ -225,9 +246,9 @@ impl RootFsSpec {
 impl PreparedRoot {
     /// Rootless: starts the daemon inside the user namespace of process `userns_of` (the container's init,
     /// whose id maps are written).
-    pub fn start_daemon(&mut self, spec: &RootFsSpec, state_dir: &Path, userns_of: BorrowedFd<'_>) -> Result<()> {
-        if let (RootFsSpec::Layerfs(l), None) = (spec, &self.daemon) {
-            self.daemon = Some(Daemon::spawn(l, &LayerfsDirs::new(state_dir), Some(userns_of))?);
+    pub fn start_daemon(&mut self, spec: &RootFsSpec, userns_of: BorrowedFd<'_>) -> Result<()> {
+        if let (RootFsSpec::Layerfs(l), None, Some(dirs)) = (spec, &self.daemon, &self.dirs) {
+            self.daemon = Some(Daemon::spawn(l, dirs, Some(userns_of))?);
         }
         Ok(())
     }
@@ -570,7 +591,7 @@ mod tests {
             objects: Some("/s/objects".into()),
             image: None,
         };
-        let dirs = LayerfsDirs::new(Path::new("/run/c/1"));
+        let dirs = LayerfsDirs::new(Path::new("/run/c"), Path::new("/run/c/1"));
         let a: Vec<String> = daemon_args(&spec, &dirs, 0).iter().map(|s| s.to_string_lossy().into_owned()).collect();
         assert_eq!(
             a,
@@ -584,10 +605,10 @@ mod tests {
                 "/run/c/1/work",
                 "-o",
                 "ready_fd=0,objects=/s/objects",
-                "/run/c/1/init",
+                "/run/c/init-layer",
                 "/s/layers/b.lpk",
                 "/s/layers/a.lpk",
-                "/run/c/1/merged"
+                "/run/c/mnt"
             ]
         );
         assert!(RootFsSpec::Layerfs(spec.clone()).validate().is_ok());

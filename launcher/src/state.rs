@@ -311,10 +311,10 @@ impl Store {
         let due = std::fs::metadata(&marker)
             .and_then(|m| m.modified())
             .map_or(true, |t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
-        if due
-            && std::fs::write(&marker, b"").is_ok()
-            && let Ok(entries) = std::fs::read_dir(&dir)
-        {
+        if due && std::fs::write(&marker, b"").is_ok() {
+            self.prune_trash(now);
+        }
+        if due && let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let old = e
                     .metadata()
@@ -359,6 +359,51 @@ impl Store {
         }
     }
 
+    /// Moves a container's directory out of the way, into `trash/`, and frees its name: for every command the
+    /// container is gone at once; [`Store::delete`] deletes the files afterwards (a `run --rm` reports the exit
+    /// in between). Returns where the directory went (`None`: it was gone already).
+    pub fn retire(&self, id: &str, name: &str) -> Result<Option<PathBuf>> {
+        let link = self.root.join("names").join(name);
+        let trash = self.root.join("trash");
+        std::fs::create_dir_all(&trash).map_err(|e| Error::StateDir { path: trash.clone(), source: e })?;
+        let to = trash.join(id);
+        let res = match std::fs::rename(self.dir(id), &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::StateDir { path: self.dir(id), source: e }),
+        };
+        if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(id)) {
+            let _ = std::fs::remove_file(&link);
+        }
+        res
+    }
+
+    /// Deletes a retired container directory (see [`Store::remove_as`] for `userns`).
+    pub fn delete(&self, dir: &Path, userns: Option<&crate::idmap::UserNs>) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && userns.is_some_and(|ns| ns.is_full()) => {
+                userns.expect("checked").remove_tree(dir)
+            }
+            Err(e) => Err(Error::StateDir { path: dir.to_path_buf(), source: e }),
+        }
+    }
+
+    /// Deletes what is left in `trash/` for longer than a minute (its deleter died).
+    fn prune_trash(&self, now: std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("trash")) else { return };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// Removes a container's directory and frees its name.
     pub fn remove(&self, id: &str, name: &str) -> Result<()> {
         self.remove_as(id, name, None)
@@ -372,15 +417,7 @@ impl Store {
         if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(id)) {
             let _ = std::fs::remove_file(&link);
         }
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && userns.is_some_and(|ns| ns.is_full()) => {
-                userns.expect("checked").remove_tree(&dir)
-            }
-            Err(e) => Err(Error::StateDir { path: dir, source: e }),
-        }
+        self.delete(&self.dir(id), userns)
     }
 }
 

@@ -175,7 +175,8 @@ fn no_leaks_on_any_exit_path() {
     let own = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!own.contains(t.state_root().to_str().unwrap()), "no mount on the host");
     let theirs = std::fs::read_to_string(format!("/proc/{daemon}/mountinfo")).unwrap();
-    assert!(theirs.contains(&format!("{id}/merged")), "{theirs}");
+    let mnt = t.state_root().join("mnt");
+    assert!(theirs.contains(&format!(" {} ", mnt.display())), "{theirs}");
     ok(&t.launcher(&["stop", "-t", "1", &id]));
     t.assert_clean("stop");
     ok(&t.launcher(&["rm", &id]));

@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use launcher::rootfs::{LayerfsSpec, RootFsSpec};
+use launcher::rootfs::{LayerfsDirs, LayerfsSpec, RootFsSpec};
 
 fn in_mountinfo(pid: &str, path: &Path) -> bool {
     let mi = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
@@ -38,9 +38,15 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
     spec.validate().unwrap();
     let state = env.tmp.path().join("ctr");
     std::fs::create_dir(&state).unwrap();
+    let dirs = LayerfsDirs::new(env.tmp.path(), &state);
+    let fresh = || {
+        let _ = std::fs::remove_dir_all(state.join("upper"));
+        let _ = std::fs::remove_dir_all(state.join("work"));
+        &dirs
+    };
 
-    let mut root = spec.prepare(&state, false).unwrap();
-    assert_eq!(root.path, state.join("merged"));
+    let mut root = spec.prepare(fresh(), false).unwrap();
+    assert_eq!(root.path, env.tmp.path().join("mnt"));
     let daemon = root.daemon.as_mut().unwrap();
     daemon.wait_ready().unwrap();
     let pid = daemon.pid;
@@ -53,22 +59,23 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
     let through = Path::new(&format!("/proc/{pid}/root")).join(root.path.strip_prefix("/").unwrap()).join("etc/motd");
     assert_eq!(std::fs::read_to_string(through).unwrap(), "from the lower\n");
     // The init layer holds the mount points; the upper stays empty.
-    assert!(state.join("init/etc/hosts").is_file() && state.join("init/proc").is_dir());
+    let init = env.tmp.path().join("init-layer");
+    assert!(init.join("etc/hosts").is_file() && init.join("proc").is_dir());
     assert_eq!(std::fs::read_dir(state.join("upper")).unwrap().count(), 0);
     let end = root.release().unwrap();
     assert!(end.alive_at_stop);
     assert_eq!(end.status, "exited 0");
     assert!(!alive(pid), "reaped");
-    assert_no_leaks(&state, "release");
+    assert_no_leaks(env.tmp.path(), "release");
 
     // A daemon that dies under us is reported as such.
-    let mut root = spec.prepare(&state, false).unwrap();
+    let mut root = spec.prepare(fresh(), false).unwrap();
     let d = root.daemon.as_mut().unwrap();
     d.wait_ready().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     let end = root.release().unwrap();
     assert_eq!(end.status, "killed by SIGKILL");
-    assert_no_leaks(&state, "a killed daemon");
+    assert_no_leaks(env.tmp.path(), "a killed daemon");
 
     // A failing mount: the error carries the daemon's log.
     let bad = RootFsSpec::Layerfs(LayerfsSpec {
@@ -77,7 +84,7 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
         objects: None,
         image: None,
     });
-    let mut root = bad.prepare(&state, false).unwrap();
+    let mut root = bad.prepare(fresh(), false).unwrap();
     let err = root.daemon.as_mut().unwrap().wait_ready().unwrap_err().to_string();
     assert!(err.starts_with("layerfs: mount: ") && err.contains("/nonexistent/layer"), "{err}");
     assert!(err.contains("exited 1"), "{err}");
@@ -89,15 +96,15 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
         objects: None,
         image: None,
     });
-    let mut root = missing.prepare(&state, false).unwrap();
+    let mut root = missing.prepare(fresh(), false).unwrap();
     let err = root.daemon.as_mut().unwrap().wait_ready().unwrap_err().to_string();
     assert!(err.contains("exec layerfs: ENOENT"), "{err}");
     root.release();
-    assert_no_leaks(&state, "failed mounts");
+    assert_no_leaks(env.tmp.path(), "failed mounts");
 
     // A plain directory needs no daemon.
     let dir = RootFsSpec::Dir { path: env.rootfs.clone() };
-    let r = dir.prepare(&state, false).unwrap();
+    let r = dir.prepare(fresh(), false).unwrap();
     assert_eq!(r.path, env.rootfs);
     assert!(r.release().is_none());
 }
