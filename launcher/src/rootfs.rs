@@ -326,9 +326,9 @@ pub fn find_layerfs() -> Result<PathBuf> {
 }
 
 /// How long a daemon may take to mount.
-const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a daemon may take to exit after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// How a layerfs daemon ended.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -547,6 +547,10 @@ fn daemon_child(
     }
     if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
         return ("unshare its mount namespace", e);
+    }
+    // Not the caller's working directory: that would keep its filesystem busy for the container's lifetime.
+    if let Err(e) = nix::unistd::chdir("/") {
+        return ("chdir /", e);
     }
     // Nothing mounted here may propagate back to the host.
     if let Err(e) =

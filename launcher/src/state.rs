@@ -213,12 +213,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the state root.
+    /// Opens (creating) the state root; a relative root is made absolute (the monitor and the layerfs daemon
+    /// must not depend on the caller's working directory).
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [root.to_path_buf(), root.join("containers"), root.join("names")] {
+        let root = std::path::absolute(root).map_err(|e| Error::StateDir { path: root.to_path_buf(), source: e })?;
+        for d in [root.clone(), root.join("containers"), root.join("names")] {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir { path: d.clone(), source: e })?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store { root })
     }
 
     /// A container's directory.
