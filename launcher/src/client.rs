@@ -20,7 +20,7 @@ use crate::monitor;
 use crate::mounts::UserMount;
 use crate::network;
 use crate::proto::{self, Frame};
-use crate::rootfs::RootFsSpec;
+use crate::rootfs::{self, ImageConfig, RootFsSpec};
 use crate::state::{self, State, Status, Store};
 use crate::sys;
 use crate::terminal::{self, RawGuard};
@@ -47,7 +47,12 @@ pub struct RunOptions {
     pub init: bool,
     pub cap_add: Vec<String>,
     pub cap_drop: Vec<String>,
-    pub rootfs: PathBuf,
+    /// `--rootfs DIR`: run on a directory; without it the first of `args` is an image.
+    pub rootfs: Option<PathBuf>,
+    /// `--entrypoint` (`""` clears the image's).
+    pub entrypoint: Option<String>,
+    /// The image store (`--store`, `LAYERFS_ROOT`; `None`: layertool's default).
+    pub store: Option<PathBuf>,
     pub log_max_size: Option<String>,
     pub log_max_files: Option<u32>,
     /// `-v HOST:CTR[:ro|rw]`.
@@ -58,6 +63,7 @@ pub struct RunOptions {
     pub detach_keys: Option<String>,
     /// `--cgroups auto|enabled|disabled` (`None`: auto).
     pub cgroups: Option<String>,
+    /// `IMAGE [CMD...]`, or with `--rootfs` just `[CMD...]`.
     pub args: Vec<String>,
 }
 
@@ -71,18 +77,38 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         }
         None => state::random_name(&id),
     };
-    let rootfs_path =
-        std::path::absolute(&o.rootfs).map_err(|e| Error::Rootfs { path: o.rootfs.clone(), reason: e.to_string() })?;
-    let rootfs = RootFsSpec::Dir { path: rootfs_path };
-    rootfs.validate()?;
+    let rootless = !nix::unistd::geteuid().is_root();
+    let (rootfs, image, cmd_args) = match &o.rootfs {
+        Some(dir) => {
+            let path =
+                std::path::absolute(dir).map_err(|e| Error::Rootfs { path: dir.clone(), reason: e.to_string() })?;
+            let rootfs = RootFsSpec::Dir { path };
+            rootfs.validate()?;
+            (rootfs, ImageConfig::default(), o.args.as_slice())
+        }
+        None => {
+            let Some((name, rest)) = o.args.split_first() else {
+                return Err(Error::InvalidArgument(
+                    "\"launcher run\" requires at least 1 argument: IMAGE [COMMAND] [ARG...] (or --rootfs DIR)".into(),
+                ));
+            };
+            let store = o.store.clone().unwrap_or_else(tools::store::Store::default_root);
+            let (rootfs, image) = rootfs::resolve_image(&store, name, rootfs::find_layerfs()?)?;
+            if rootless {
+                rootless_fuse_check()?;
+            }
+            (rootfs, image, rest)
+        }
+    };
     let hostname = o.hostname.clone().unwrap_or_else(|| id[..12].to_string());
     if hostname.is_empty() || hostname.len() > 64 {
         return Err(Error::InvalidArgument(format!("invalid hostname {hostname:?}")));
     }
-    let ncpu = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // available_parallelism reads cgroup files and mountinfo: only when needed.
+    let ncpu = || std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let limits = Limits {
         memory: o.memory.as_deref().map(config::parse_memory).transpose()?,
-        cpu_quota: o.cpus.as_deref().map(|c| config::parse_cpus(c, ncpu)).transpose()?,
+        cpu_quota: o.cpus.as_deref().map(|c| config::parse_cpus(c, ncpu())).transpose()?,
         pids: match o.pids_limit {
             None => None,
             Some(n) if n <= 0 => None,
@@ -94,7 +120,6 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         return Err(Error::InvalidArgument("resource limits need a cgroup (--cgroups=disabled)".into()));
     }
     let net: NetMode = o.net.as_deref().unwrap_or("none").parse()?;
-    let rootless = !nix::unistd::geteuid().is_root();
     let bridge = match net {
         NetMode::Bridge if rootless => {
             return Err(Error::InvalidArgument(
@@ -106,9 +131,20 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         }
         _ => None,
     };
-    let args = if o.args.is_empty() { vec!["/bin/sh".to_string()] } else { o.args.clone() };
-    let env = config::build_env(&hostname, o.tty, &o.env, |k| std::env::var(k).ok())?;
-    let cwd = o.workdir.clone().unwrap_or_else(|| "/".into());
+    let args = if o.rootfs.is_some() && o.entrypoint.is_none() && cmd_args.is_empty() {
+        vec!["/bin/sh".to_string()]
+    } else {
+        config::command(o.entrypoint.as_deref(), &image.entrypoint, &image.cmd, cmd_args)?
+    };
+    let env = config::build_env(&hostname, o.tty, &image.env, &o.env, |k| std::env::var(k).ok())?;
+    let cwd = match (&o.workdir, image.working_dir.as_str()) {
+        (Some(w), _) => w.clone(),
+        (None, "") => "/".into(),
+        // docker resolves a relative image WorkingDir against /.
+        (None, w) if !w.starts_with('/') => format!("/{w}"),
+        (None, w) => w.to_string(),
+    };
+    let user = o.user.clone().or_else(|| Some(image.user.clone()).filter(|u| !u.is_empty()));
     if !cwd.starts_with('/') {
         return Err(Error::InvalidArgument(format!(
             "the working directory '{cwd}' is invalid, it needs to be an absolute path"
@@ -138,7 +174,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         args,
         env,
         cwd,
-        user: o.user.clone(),
+        user,
         hostname,
         tty: o.tty,
         interactive: o.interactive,
@@ -164,6 +200,23 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         }),
         mounts,
     })
+}
+
+/// Rootless image containers mount layerfs in their user namespace: the caller must be able to open
+/// `/dev/fuse` (udev makes it 0666; a root-only node refuses even a FUSE mount in a user namespace).
+fn rootless_fuse_check() -> Result<()> {
+    use nix::unistd::AccessFlags;
+    match nix::unistd::access("/dev/fuse", AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => Ok(()),
+        Err(e) => Err(Error::Layerfs {
+            step: "rootless mount",
+            reason: format!(
+                "/dev/fuse is not readable and writable by uid {} ({e}): images need it when not root \
+                 (udev's default mode is 0666); --rootfs DIR runs without it",
+                nix::unistd::getuid()
+            ),
+        }),
+    }
 }
 
 /// `run`: starts a container; in the foreground, relays its streams and returns its exit code.
@@ -511,14 +564,24 @@ pub fn rm(store_root: &Path, refs: &[String], force: bool) -> Result<i32> {
             let _ = signal(&store, &st, libc::SIGKILL);
             wait_exit(&store, &st.id, Some(Duration::from_secs(30)))?;
         }
-        // A monitor that died uncleanly leaves its cgroup and its veth behind.
+        // A monitor that died uncleanly leaves its cgroup and its veth behind (its layerfs daemon got a parent
+        // death signal; one that is somehow still there is killed before its upper is removed).
         if !st.monitor_alive() {
+            if let Some(l) = st.layerfs.as_ref().filter(|l| l.daemon_alive())
+                && let Some(pid) = l.daemon_pid
+                && let Ok(fd) = sys::pidfd_open(pid)
+                && l.daemon_alive()
+            {
+                let _ = sys::pidfd_send_signal(fd.as_fd(), libc::SIGKILL);
+                let mut p = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+                let _ = nix::poll::poll(&mut p, PollTimeout::from(5000u16));
+            }
             let _ = st.cgroup.remove();
             if st.config.net == NetMode::Bridge {
                 let _ = network::release_stale(&store.root, &st.id);
             }
         }
-        store.remove(&st.id, &st.name)?;
+        store.remove_as(&st.id, &st.name, st.config.userns.as_ref())?;
         println!("{r}");
     }
     Ok(0)
@@ -570,16 +633,13 @@ pub fn ps(store_root: &Path, all: bool, quiet: bool) -> Result<i32> {
         }
         return Ok(0);
     }
-    let mut table = vec![["CONTAINER ID", "ROOTFS", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
+    let mut table = vec![["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"].map(String::from)];
     for st in rows {
         let mut cmd = format!("\"{}\"", st.config.args.join(" "));
         if cmd.chars().count() > 22 {
             cmd = format!("{}…\"", cmd.chars().take(20).collect::<String>());
         }
-        let rootfs = match &st.config.rootfs {
-            RootFsSpec::Dir { path } => path.display().to_string(),
-            RootFsSpec::Layerfs { .. } => "layerfs".into(),
-        };
+        let rootfs = st.config.rootfs.describe();
         table.push([
             st.id[..12].to_string(),
             rootfs,

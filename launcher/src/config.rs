@@ -206,17 +206,33 @@ pub fn parse_cpus(s: &str, ncpu: usize) -> Result<u64> {
     Ok((f * Limits::CPU_PERIOD as f64).round() as u64)
 }
 
-/// Builds the container environment: `PATH`, `HOSTNAME`, `TERM` (with a tty), then each `-e`
-/// (`K=V`, or `K` alone to copy the caller's value; unset variables are dropped like docker does).
+/// Builds the container environment like docker: `PATH` (unless the image sets it), `HOSTNAME`, `TERM` (with a
+/// tty), then the image's `Env`, then each `-e` (`K=V`, or `K` alone to copy the caller's value; unset
+/// variables are dropped like docker does). A later value of a key replaces the earlier one in place.
 pub fn build_env(
     hostname: &str,
     tty: bool,
+    image_env: &[String],
     extra: &[String],
     caller: impl Fn(&str) -> Option<String>,
 ) -> Result<Vec<String>> {
     let mut env: Vec<String> = vec![format!("PATH={DEFAULT_PATH}"), format!("HOSTNAME={hostname}")];
     if tty {
         env.push("TERM=xterm".into());
+    }
+    fn set(env: &mut Vec<String>, k: &str, v: &str) {
+        match env.iter_mut().find(|x| x.split_once('=').map(|(a, _)| a) == Some(k)) {
+            Some(slot) => *slot = format!("{k}={v}"),
+            None => env.push(format!("{k}={v}")),
+        }
+    }
+    for e in image_env {
+        // An image entry without `=` is meaningless; skip it rather than refuse the image.
+        if let Some((k, v)) = e.split_once('=')
+            && !k.is_empty()
+        {
+            set(&mut env, k, v);
+        }
     }
     for e in extra {
         let (k, v) = match e.split_once('=') {
@@ -229,10 +245,31 @@ pub fn build_env(
         if k.is_empty() {
             return Err(Error::InvalidArgument(format!("invalid environment variable: {e}")));
         }
-        env.retain(|x| x.split_once('=').map(|(a, _)| a) != Some(k.as_str()));
-        env.push(format!("{k}={v}"));
+        set(&mut env, &k, &v);
     }
     Ok(env)
+}
+
+/// The command of a container, docker's rules: the entrypoint (`--entrypoint` replaces the image's, `""`
+/// clears it, and then the image's `Cmd` is dropped too) followed by the command line's arguments, or else the
+/// image's `Cmd`.
+pub fn command(
+    entrypoint_flag: Option<&str>,
+    image_entrypoint: &[String],
+    image_cmd: &[String],
+    args: &[String],
+) -> Result<Vec<String>> {
+    let (entrypoint, default_cmd): (Vec<String>, &[String]) = match entrypoint_flag {
+        Some("") => (Vec::new(), &[]),
+        Some(e) => (vec![e.to_string()], &[]),
+        None => (image_entrypoint.to_vec(), image_cmd),
+    };
+    let cmd = if args.is_empty() { default_cmd.to_vec() } else { args.to_vec() };
+    let all: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if all.is_empty() {
+        return Err(Error::InvalidArgument("No command specified".into()));
+    }
+    Ok(all)
 }
 
 /// Looks a variable up in a `K=V` list.
@@ -268,13 +305,32 @@ mod tests {
 
     #[test]
     fn environment() {
-        let env = build_env("h", true, &["A=1".into(), "PATH=/x".into(), "B".into(), "C".into()], |k| {
+        let env = build_env("h", true, &[], &["A=1".into(), "PATH=/x".into(), "B".into(), "C".into()], |k| {
             (k == "B").then(|| "from-caller".to_string())
         })
         .unwrap();
-        assert_eq!(env, ["HOSTNAME=h", "TERM=xterm", "A=1", "PATH=/x", "B=from-caller"]);
+        assert_eq!(env, ["PATH=/x", "HOSTNAME=h", "TERM=xterm", "A=1", "B=from-caller"]);
         assert_eq!(env_get(&env, "PATH"), Some("/x"));
         assert_eq!(env_get(&env, "PAT"), None);
-        assert!(build_env("h", false, &["=x".into()], |_| None).is_err());
+        assert!(build_env("h", false, &[], &["=x".into()], |_| None).is_err());
+        // The image's environment comes before -e, after the defaults.
+        let image = ["PATH=/img/bin".to_string(), "LANG=C.UTF-8".into(), "junk".into(), "A=image".into()];
+        let env = build_env("h", false, &image, &["A=flag".into()], |_| None).unwrap();
+        assert_eq!(env, ["PATH=/img/bin", "HOSTNAME=h", "LANG=C.UTF-8", "A=flag"]);
+    }
+
+    #[test]
+    fn commands_follow_docker() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let ep = s(&["/entry", "-x"]);
+        let cmd = s(&["default"]);
+        assert_eq!(command(None, &ep, &cmd, &[]).unwrap(), s(&["/entry", "-x", "default"]));
+        assert_eq!(command(None, &ep, &cmd, &s(&["a", "b"])).unwrap(), s(&["/entry", "-x", "a", "b"]));
+        assert_eq!(command(None, &[], &cmd, &[]).unwrap(), s(&["default"]));
+        assert_eq!(command(Some("/bin/echo"), &ep, &cmd, &[]).unwrap(), s(&["/bin/echo"]));
+        assert_eq!(command(Some("/bin/echo"), &ep, &cmd, &s(&["hi"])).unwrap(), s(&["/bin/echo", "hi"]));
+        assert_eq!(command(Some(""), &ep, &cmd, &s(&["ls"])).unwrap(), s(&["ls"]));
+        assert!(command(Some(""), &ep, &cmd, &[]).is_err());
+        assert!(command(None, &[], &[], &[]).is_err());
     }
 }

@@ -34,6 +34,10 @@ pub enum SetupError {
     Sync(Errno),
     #[error("unshare cgroup namespace: {0}")]
     UnshareCgroup(Errno),
+    #[error("join the layerfs mount namespace: {0}")]
+    JoinRootfs(Errno),
+    #[error("unshare the mount namespace: {0}")]
+    UnshareMount(Errno),
     #[error("make / rslave: {0}")]
     RootPropagation(Errno),
     #[error("bind rootfs {path}: {errno}")]
@@ -181,6 +185,15 @@ pub enum Error {
     NotRunning(String),
     #[error("rootfs {path}: {reason}")]
     Rootfs { path: PathBuf, reason: String },
+    #[error(
+        "Unable to find image '{name}' locally (store {}): import it with `layertool import SOURCE --tag {name}`",
+        store.display()
+    )]
+    NoSuchImage { name: String, store: PathBuf },
+    #[error("image {name}: {reason}")]
+    Image { name: String, reason: String },
+    #[error("layerfs: {step}: {reason}")]
+    Layerfs { step: &'static str, reason: String },
     #[error("cgroups: {0}")]
     Cgroup(#[from] CgroupError),
     #[error("network: {step}: {errno}")]

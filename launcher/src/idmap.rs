@@ -109,6 +109,49 @@ impl UserNs {
     }
 }
 
+impl UserNs {
+    /// Removes the tree at `path` from inside a new user namespace with these maps (rootless `rm`): files the
+    /// container created as its other users belong to subordinate ids on the host, which the caller cannot
+    /// delete, but its root in a namespace mapping them can.
+    pub fn remove_tree(&self, path: &Path) -> Result<()> {
+        use crate::sys::{self, CloneResult};
+        use std::os::fd::AsFd;
+        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::sys("pipe", e))?;
+        match sys::clone3(libc::CLONE_NEWUSER as u64, None).map_err(|e| Error::sys("clone a user namespace", e))? {
+            CloneResult::Child => {
+                drop(w);
+                // Wait for the maps (EOF: the parent gave up).
+                let mut b = [0u8; 1];
+                let mapped = matches!(nix::unistd::read(&r, &mut b), Ok(1));
+                let ok = mapped && std::fs::remove_dir_all(path).is_ok();
+                sys::exit_now(if ok { 0 } else { 1 })
+            }
+            CloneResult::Parent { pid, pidfd } => {
+                drop(r);
+                let mapped = self.write(pid);
+                if mapped.is_ok() {
+                    let _ = nix::unistd::write(&w, b"m");
+                }
+                drop(w);
+                let status = nix::sys::wait::waitid(
+                    nix::sys::wait::Id::PIDFd(pidfd.as_fd()),
+                    nix::sys::wait::WaitPidFlag::WEXITED,
+                );
+                mapped?;
+                match status {
+                    Ok(nix::sys::wait::WaitStatus::Exited(_, 0)) => Ok(()),
+                    other => Err(Error::StateDir {
+                        path: path.to_path_buf(),
+                        source: std::io::Error::other(format!(
+                            "removal inside the container's user namespace failed ({other:?})"
+                        )),
+                    }),
+                }
+            }
+        }
+    }
+}
+
 fn line(map: &[IdRange]) -> String {
     map.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.size)).collect()
 }

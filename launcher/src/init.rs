@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::wait::{WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -80,19 +81,28 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     // As root, the mounts overlap with the monitor moving us into our cgroup (a cgroup v1 migration waits
     // for an RCU grace period: milliseconds). Rootless, the id maps must be written before we can create
     // anything, so wait first.
+    //
+    // A layerfs root is mounted by a daemon in a mount namespace of its own: GO carries that namespace once the
+    // mount is live; we join it and unshare a copy (so the mount is ours, and nothing we mount goes back).
     let mut k = LinuxSys;
-    if cfg.rootless {
-        wait_go(child)?;
+    let layerfs = cfg.rootfs.layerfs().is_some();
+    let early_go = cfg.rootless || layerfs;
+    if early_go {
+        let fds = wait_go(child)?;
+        if layerfs {
+            let ns = fds.first().ok_or(SetupError::JoinRootfs(Errno::EBADF.into()))?;
+            nix::sched::setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| SetupError::JoinRootfs(e.into()))?;
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| SetupError::UnshareMount(e.into()))?;
+        }
     }
     mounts::prepare_root(&mut k, &child.plan)?;
     mounts::pivot(&mut k, &child.plan)?;
     mounts::finish_root(&mut k, &child.plan)?;
-    if !cfg.rootless {
+    if !early_go {
         wait_go(child)?;
     }
     if child.cgroupns {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| SetupError::UnshareCgroup(e.into()))?;
+        nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| SetupError::UnshareCgroup(e.into()))?;
     }
     mounts::mount_cgroups(&mut k, &child.plan, Path::new("/sys/fs/cgroup"))?;
     nix::unistd::sethostname(&cfg.hostname).map_err(|e| SetupError::Hostname(e.into()))?;
@@ -108,8 +118,8 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::Setsid(e.into()))?;
     }
 
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    let group = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let passwd = user::read_db(Path::new("/etc/passwd"));
+    let group = user::read_db(Path::new("/etc/group"));
     let user = user::resolve(cfg.user.as_deref(), &passwd, &group)?;
     let mut env = cfg.env.clone();
     if env_get(&env, "HOME").is_none() {
@@ -156,11 +166,12 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     Err(exec_error(&argv0, errno))
 }
 
-/// Waits until the monitor placed us in the cgroup (and mapped our ids).
-fn wait_go(child: &Child<'_>) -> Result<(), SetupError> {
+/// Waits until the monitor placed us in the cgroup (and mapped our ids, and the root filesystem is mounted);
+/// returns the descriptors GO carried (the layerfs daemon's mount namespace).
+fn wait_go(child: &Child<'_>) -> Result<Vec<OwnedFd>, SetupError> {
     let mut b = [0u8; 1];
     match proto::recv(child.sock.as_fd(), &mut b) {
-        Ok((1, _)) if b[0] == proto::GO => Ok(()),
+        Ok((1, fds)) if b[0] == proto::GO => Ok(fds),
         Ok(_) => sys::exit_now(125),
         Err(e) => Err(SetupError::Sync(e.into())),
     }

@@ -10,7 +10,8 @@
 //! - [`idmap`]: rootless user namespaces (subordinate ids through newuidmap/newgidmap, or a single id).
 //! - [`cgroups`]: v1, v2 and hybrid cgroups; [`capabilities`], [`user`]: credentials.
 //! - [`network`]: `--net bridge` (bridge, veth, address leases) over [`netlink`] (rtnetlink requests).
-//! - [`rootfs`]: where the root filesystem comes from (a directory today, a layerfs mount later).
+//! - [`rootfs`]: where the root filesystem comes from: a directory, or an image of the store mounted by a layerfs
+//!   daemon in a mount namespace of its own.
 //! - [`state`], [`logs`], [`proto`], [`terminal`], [`config`], [`error`].
 //! - [`sys`]: the only module with `unsafe`.
 

@@ -141,9 +141,15 @@ struct RunArgs {
     /// Drop Linux capabilities
     #[arg(long)]
     cap_drop: Vec<String>,
-    /// Root filesystem directory
-    #[arg(long, required = true)]
-    rootfs: PathBuf,
+    /// Run on this root filesystem directory instead of an image (then no IMAGE argument)
+    #[arg(long)]
+    rootfs: Option<PathBuf>,
+    /// Overwrite the default ENTRYPOINT of the image ("" clears it)
+    #[arg(long, allow_hyphen_values = true)]
+    entrypoint: Option<String>,
+    /// Image store (default: /var/lib/layerfs as root, $XDG_DATA_HOME/layerfs otherwise)
+    #[arg(long, env = "LAYERFS_ROOT")]
+    store: Option<PathBuf>,
     /// Rotate the log when it reaches this size (e.g. 10m)
     #[arg(long)]
     log_max_size: Option<String>,
@@ -162,8 +168,8 @@ struct RunArgs {
     /// Own cgroup: auto (only with -m/--cpus/--pids-limit), enabled, disabled
     #[arg(long)]
     cgroups: Option<String>,
-    /// Command and arguments (default /bin/sh)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    /// IMAGE [COMMAND] [ARG...]; with --rootfs only [COMMAND] [ARG...] (default /bin/sh)
+    #[arg(value_name = "IMAGE|COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
 
@@ -201,6 +207,8 @@ fn main() -> ExitCode {
                 cap_add: a.cap_add,
                 cap_drop: a.cap_drop,
                 rootfs: a.rootfs,
+                entrypoint: a.entrypoint,
+                store: a.store,
                 log_max_size: a.log_max_size,
                 log_max_files: a.log_max_files,
                 volumes: a.volumes,

@@ -29,8 +29,8 @@ use crate::logs::{LOG_FILE, LogWriter, Stream};
 use crate::mounts::{DevMode, MountPlan};
 use crate::network::{self, Attachment};
 use crate::proto::{self, ChildMsg, ExitInfo, Frame};
-use crate::rootfs::PreparedRoot;
-use crate::state::{State, Status, Store, now_rfc3339, process_start_time};
+use crate::rootfs::{LayerfsDirs, PreparedRoot};
+use crate::state::{LayerfsState, State, Status, Store, now_rfc3339, process_start_time};
 use crate::sys::{self, CloneResult};
 
 /// Name of the attach socket in the state directory.
@@ -58,7 +58,15 @@ pub fn forwarded_signals() -> nix::sys::signal::SigSet {
 pub fn spawn(store: &Store, cfg: ContainerConfig) -> Result<OwnedFd> {
     sys::ensure_single_threaded().map_err(|e| Error::sys("fork the monitor", e))?;
     let dir = store.create(&cfg.id, &cfg.name)?;
-    let state = State::new(cfg.clone());
+    let mut state = State::new(cfg.clone());
+    if cfg.rootfs.layerfs().is_some() {
+        state.layerfs = Some(LayerfsState {
+            dirs: LayerfsDirs::new(&store.root, &dir),
+            daemon_pid: None,
+            daemon_start: None,
+            daemon_end: None,
+        });
+    }
     store.save(&state)?;
     let (cli, mon) = proto::socketpair().map_err(|e| Error::sys("socketpair", e))?;
     match sys::fork().map_err(|e| Error::sys("fork the monitor", e))? {
@@ -86,13 +94,16 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let mut block = forwarded_signals();
     block.add(nix::sys::signal::Signal::SIGCHLD);
     let _ = sys::block_signals(&block);
+    // As root the layerfs daemon starts first thing: it mounts while we record our pid and clone the container
+    // (rootless it needs the container's user namespace: started after the clone).
+    let root = state.config.rootfs.prepare(&LayerfsDirs::new(&store.root, dir), state.config.rootless);
 
     let me = std::process::id() as i32;
     state.monitor_pid = Some(me);
     state.monitor_start = process_start_time(me);
     let _ = store.save(&state);
 
-    let started = match start(store, &state.config, dir) {
+    let started = match root.and_then(|root| start(store, &state.config, dir, root)) {
         Ok(s) => s,
         Err(e) => {
             let code = e.exit_code();
@@ -104,7 +115,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
             let _ = store.save(&state);
             if state.config.remove {
                 let _ = store.bury(&state);
-                let _ = store.remove(&state.id, &state.name);
+                let _ = store.remove_as(&state.id, &state.name, state.config.userns.as_ref());
             }
             // Report last: when the CLI returns, nothing of the container is left to race with.
             let _ = proto::send_frame(birth.as_fd(), &Frame::Failed { message: e.to_string(), code });
@@ -113,6 +124,10 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     };
     state.status = Status::Running;
     state.pid = Some(started.pid);
+    if let (Some(l), Some(d)) = (state.layerfs.as_mut(), started.root.as_ref().and_then(|r| r.daemon.as_ref())) {
+        l.daemon_pid = Some(d.pid);
+        l.daemon_start = process_start_time(d.pid);
+    }
     state.started_at = Some(now_rfc3339());
     state.cgroup = started.cgroup.clone();
     state.network = started.network.clone();
@@ -125,7 +140,20 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let mut started = started;
     let stdin = started.stdin.take();
     let outputs = std::mem::take(&mut started.outputs);
-    let info = serve(&state.config, dir, &started, listener, stdin, outputs, &mut clients);
+    let (info, daemon_died) = serve(&state.config, dir, &started, listener, stdin, outputs, &mut clients);
+    // The container is gone (its pid namespace with it): stop the filesystem before anyone hears of the exit,
+    // so that a `wait` or `run --rm` that returns finds no mount and no daemon left.
+    if let Some(end) = started.root.take().and_then(PreparedRoot::release)
+        && let Some(l) = state.layerfs.as_mut()
+    {
+        l.daemon_end = Some(end);
+    }
+    if let Some(status) = daemon_died {
+        state.error = Some(format!(
+            "the layerfs daemon serving the root filesystem ended while the container ran ({status}); the container \
+             was killed"
+        ));
+    }
 
     state.status = Status::Exited;
     state.exit_code = Some(info.code);
@@ -138,13 +166,13 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     if let Some(att) = &started.network {
         let _ = network::release(&store.root, &state.id, att);
     }
-    if let Some(root) = started.root {
-        let _ = root.release();
-    }
+    // `--rm`: the directory goes to the trash at once (the container and its name are gone for everyone);
+    // its files (the upper among them) are deleted after the exit is reported.
+    let mut trash = None;
     if state.config.remove {
         // The tombstone first: a `wait` that finds no container finds it.
         let _ = store.bury(&state);
-        let _ = store.remove(&state.id, &state.name);
+        trash = store.retire(&state.id, &state.name).ok().flatten();
     }
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
     // by `rm`, must not race with the monitor.
@@ -152,6 +180,10 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     for c in &mut clients {
         c.queue(exit.clone());
         c.flush_blocking(Duration::from_secs(2));
+    }
+    drop(clients);
+    if let Some(t) = trash {
+        let _ = store.delete(&t, state.config.userns.as_ref());
     }
     0
 }
@@ -194,9 +226,14 @@ fn write_etc_files(cfg: &ContainerConfig, dir: &Path, att: Option<&Attachment>) 
     Ok(out)
 }
 
-fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
-    let layout = Layout::detect()?;
-    let root = cfg.rootfs.prepare(dir)?;
+fn start(store: &Store, cfg: &ContainerConfig, dir: &Path, mut root: PreparedRoot) -> Result<Started> {
+    let layout = match Layout::detect() {
+        Ok(l) => l,
+        Err(e) => {
+            root.release();
+            return Err(e.into());
+        }
+    };
     let cgroup = if !cfg.cgroups.wanted(&cfg.limits) {
         Ok(Cgroup::none(match cfg.cgroups {
             CgroupMode::Disabled => "--cgroups=disabled: the container stays in the launcher's cgroup",
@@ -208,7 +245,7 @@ fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
     let cgroup = match cgroup {
         Ok(c) => c,
         Err(e) => {
-            let _ = root.release();
+            root.release();
             return Err(e.into());
         }
     };
@@ -217,7 +254,7 @@ fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
         None => Ok(None),
     };
     let res = net.and_then(|net| {
-        start_in(cfg, dir, &layout, &root, &cgroup, net.as_ref())
+        start_in(cfg, dir, &layout, &mut root, &cgroup, net.as_ref())
             .inspect_err(|_| {
                 if let Some(att) = &net {
                     let _ = network::release(&store.root, &cfg.id, att);
@@ -231,7 +268,7 @@ fn start(store: &Store, cfg: &ContainerConfig, dir: &Path) -> Result<Started> {
         }
         Err(e) => {
             let _ = cgroup.remove();
-            let _ = root.release();
+            root.release();
             Err(e)
         }
     }
@@ -243,7 +280,7 @@ fn start_in(
     cfg: &ContainerConfig,
     dir: &Path,
     layout: &Layout,
-    root: &PreparedRoot,
+    root: &mut PreparedRoot,
     cgroup: &Cgroup,
     net: Option<&Attachment>,
 ) -> Result<Launched> {
@@ -284,8 +321,12 @@ fn start_in(
     };
     let (parent_sock, child_sock) = proto::socketpair().map_err(|e| Error::sys("socketpair", e))?;
 
-    let mut flags =
-        CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    // On a layerfs root the init joins the daemon's mount namespace and unshares a copy of it itself.
+    let layerfs = cfg.rootfs.layerfs().is_some();
+    let mut flags = CloneFlags::CLONE_NEWPID | CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC;
+    if !layerfs {
+        flags |= CloneFlags::CLONE_NEWNS;
+    }
     if cfg.net.own_netns() {
         flags |= CloneFlags::CLONE_NEWNET;
     }
@@ -345,12 +386,24 @@ fn start_in(
             }
         };
         ns.write(pid).map_err(fail)?;
+        root.start_daemon(&cfg.rootfs, pidfd.as_fd()).map_err(fail)?;
     }
     cgroup.join(pid, joined_v2).map_err(|e| fail(e.into()))?;
     if let Some(att) = net {
         network::attach(att, pid).map_err(fail)?;
     }
-    proto::send(parent_sock.as_fd(), &[proto::GO], &[]).map_err(|e| fail(Error::sys("release the container", e)))?;
+    // GO carries the daemon's mount namespace once its mount is live.
+    let mnt_ns = match root.daemon.as_mut() {
+        Some(d) => {
+            d.wait_ready().map_err(fail)?;
+            Some(d.mount_ns().map_err(fail)?)
+        }
+        None => None,
+    };
+    let go_fds: Vec<i32> = mnt_ns.iter().map(|f| f.as_raw_fd()).collect();
+    proto::send(parent_sock.as_fd(), &[proto::GO], &go_fds)
+        .map_err(|e| fail(Error::sys("release the container", e)))?;
+    drop(mnt_ns);
     let mut pty = None;
     loop {
         match proto::recv_child(parent_sock.as_fd()).map_err(fail)? {
@@ -446,7 +499,8 @@ pub fn socket_path(dir: &Path, name: &str) -> std::io::Result<(Option<OwnedFd>, 
     Ok((Some(d), p))
 }
 
-/// Serves until the container exited and its output is drained; returns how it ended.
+/// Serves until the container exited and its output is drained; returns how it ended, and the layerfs daemon's
+/// status if it ended first (then the container, whose root is gone, was killed).
 fn serve(
     cfg: &ContainerConfig,
     dir: &Path,
@@ -455,7 +509,9 @@ fn serve(
     mut stdin: Option<OwnedFd>,
     owned_outputs: Vec<(OwnedFd, Stream)>,
     clients: &mut Vec<Client>,
-) -> ExitInfo {
+) -> (ExitInfo, Option<String>) {
+    let daemon = s.root.as_ref().and_then(|r| r.daemon.as_ref());
+    let mut daemon_died: Option<String> = None;
     let mut log = LogWriter::open(&dir.join(LOG_FILE), cfg.log.clone()).ok();
     let mut outputs: Vec<Option<(BorrowedFd<'_>, Stream)>> =
         owned_outputs.iter().map(|(fd, st)| Some((fd.as_fd(), *st))).collect();
@@ -484,6 +540,13 @@ fn serve(
             fds.push(PollFd::new(s.pidfd.as_fd(), PollFlags::POLLIN));
             fds.len() - 1
         });
+        let daemon_idx = match daemon {
+            Some(d) if exit.is_none() && daemon_died.is_none() => {
+                fds.push(PollFd::new(d.pidfd(), PollFlags::POLLIN));
+                Some(fds.len() - 1)
+            }
+            _ => None,
+        };
         let listen_idx = match (&listener, exit) {
             (Some(l), None) => {
                 fds.push(PollFd::new(l.fd.as_fd(), PollFlags::POLLIN));
@@ -521,6 +584,7 @@ fn serve(
         }
         let ready = |fds: &[PollFd<'_>], i: usize| fds[i].revents().is_some_and(|r| !r.is_empty());
         let exited_now = pidfd_idx.is_some_and(|i| ready(&fds, i));
+        let daemon_gone = daemon_idx.is_some_and(|i| ready(&fds, i));
         let accept = listen_idx.is_some_and(|i| ready(&fds, i));
         let stdin_ready = stdin_idx.is_some_and(|i| ready(&fds, i));
         let out_ready: Vec<usize> =
@@ -608,6 +672,20 @@ fn serve(
                 clients.push(Client::new(fd, false));
             }
         }
+        if daemon_gone && !exited_now {
+            // The root filesystem is gone: nothing in the container can work any more.
+            daemon_died = Some(
+                match nix::sys::wait::waitid(
+                    Id::PIDFd(daemon.map(|d| d.pidfd()).expect("polled daemon")),
+                    WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT,
+                ) {
+                    Ok(WaitStatus::Exited(_, c)) => format!("exited {c}"),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+                    other => format!("{other:?}"),
+                },
+            );
+            let _ = sys::pidfd_send_signal(s.pidfd.as_fd(), libc::SIGKILL);
+        }
         if exited_now {
             let status = nix::sys::wait::waitid(Id::PIDFd(s.pidfd.as_fd()), WaitPidFlag::WEXITED);
             exit = Some(match status {
@@ -624,7 +702,7 @@ fn serve(
     let _ = listener;
     let code = exit.unwrap_or(255);
     let oom_killed = s.cgroup.oom_killed() && code == 128 + libc::SIGKILL;
-    ExitInfo { code, oom_killed }
+    (ExitInfo { code, oom_killed }, daemon_died)
 }
 
 /// A listening `SOCK_SEQPACKET` Unix socket (std only has stream and datagram listeners).

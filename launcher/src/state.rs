@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroups::Cgroup;
 use crate::config::ContainerConfig;
 use crate::error::{Error, Result};
+use crate::rootfs::{DaemonEnd, LayerfsDirs};
 
 /// Lifecycle status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -46,7 +47,33 @@ pub struct State {
     /// The bridge attachment (`--net bridge`).
     #[serde(default)]
     pub network: Option<crate::network::Attachment>,
+    /// A layerfs root: its directories (the upper is kept until `rm`) and its daemon.
+    #[serde(default)]
+    pub layerfs: Option<LayerfsState>,
     pub config: ContainerConfig,
+}
+
+/// The runtime side of a layerfs root (the image and its layers are in `config.rootfs`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerfsState {
+    #[serde(flatten)]
+    pub dirs: LayerfsDirs,
+    /// The daemon's pid and start time (clock ticks since boot), while it may run.
+    pub daemon_pid: Option<i32>,
+    pub daemon_start: Option<u64>,
+    /// How the daemon ended.
+    #[serde(default)]
+    pub daemon_end: Option<DaemonEnd>,
+}
+
+impl LayerfsState {
+    /// Whether the daemon recorded here still runs.
+    pub fn daemon_alive(&self) -> bool {
+        match (self.daemon_pid, self.daemon_start) {
+            (Some(pid), Some(start)) => process_start_time(pid) == Some(start),
+            _ => false,
+        }
+    }
 }
 
 impl State {
@@ -67,6 +94,7 @@ impl State {
             error: None,
             cgroup: Cgroup::default(),
             network: None,
+            layerfs: None,
             config,
         }
     }
@@ -106,11 +134,16 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string()
 }
 
-/// Start time of a process in clock ticks since boot (field 22 of `/proc/PID/stat`).
+/// Start time of a live process in clock ticks since boot (field 22 of `/proc/PID/stat`); `None` when there is
+/// no such process or it is dead (a zombie waiting for its parent counts as dead).
 pub fn process_start_time(pid: i32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let rest = &s[s.rfind(')')? + 2..];
-    rest.split(' ').nth(19)?.parse().ok()
+    let mut fields = rest.split(' ');
+    if matches!(fields.next(), Some("Z" | "X" | "x")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// The state root for this user.
@@ -180,12 +213,14 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (creating) the state root.
+    /// Opens (creating) the state root; a relative root is made absolute (the monitor and the layerfs daemon
+    /// must not depend on the caller's working directory).
     pub fn open(root: &Path) -> Result<Store> {
-        for d in [root.to_path_buf(), root.join("containers"), root.join("names")] {
+        let root = std::path::absolute(root).map_err(|e| Error::StateDir { path: root.to_path_buf(), source: e })?;
+        for d in [root.clone(), root.join("containers"), root.join("names")] {
             std::fs::create_dir_all(&d).map_err(|e| Error::StateDir { path: d.clone(), source: e })?;
         }
-        Ok(Store { root: root.to_path_buf() })
+        Ok(Store { root })
     }
 
     /// A container's directory.
@@ -278,10 +313,10 @@ impl Store {
         let due = std::fs::metadata(&marker)
             .and_then(|m| m.modified())
             .map_or(true, |t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
-        if due
-            && std::fs::write(&marker, b"").is_ok()
-            && let Ok(entries) = std::fs::read_dir(&dir)
-        {
+        if due && std::fs::write(&marker, b"").is_ok() {
+            self.prune_trash(now);
+        }
+        if due && let Ok(entries) = std::fs::read_dir(&dir) {
             for e in entries.flatten() {
                 let old = e
                     .metadata()
@@ -326,18 +361,65 @@ impl Store {
         }
     }
 
+    /// Moves a container's directory out of the way, into `trash/`, and frees its name: for every command the
+    /// container is gone at once; [`Store::delete`] deletes the files afterwards (a `run --rm` reports the exit
+    /// in between). Returns where the directory went (`None`: it was gone already).
+    pub fn retire(&self, id: &str, name: &str) -> Result<Option<PathBuf>> {
+        let link = self.root.join("names").join(name);
+        let trash = self.root.join("trash");
+        std::fs::create_dir_all(&trash).map_err(|e| Error::StateDir { path: trash.clone(), source: e })?;
+        let to = trash.join(id);
+        let res = match std::fs::rename(self.dir(id), &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(Error::StateDir { path: self.dir(id), source: e }),
+        };
+        if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(id)) {
+            let _ = std::fs::remove_file(&link);
+        }
+        res
+    }
+
+    /// Deletes a retired container directory (see [`Store::remove_as`] for `userns`).
+    pub fn delete(&self, dir: &Path, userns: Option<&crate::idmap::UserNs>) -> Result<()> {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && userns.is_some_and(|ns| ns.is_full()) => {
+                userns.expect("checked").remove_tree(dir)
+            }
+            Err(e) => Err(Error::StateDir { path: dir.to_path_buf(), source: e }),
+        }
+    }
+
+    /// Deletes what is left in `trash/` for longer than a minute (its deleter died).
+    fn prune_trash(&self, now: std::time::SystemTime) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("trash")) else { return };
+        for e in entries.flatten() {
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| now.duration_since(t).unwrap_or_default() > std::time::Duration::from_secs(60));
+            if old {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
     /// Removes a container's directory and frees its name.
     pub fn remove(&self, id: &str, name: &str) -> Result<()> {
+        self.remove_as(id, name, None)
+    }
+
+    /// Removes a container's directory and frees its name; rootless with subordinate ids (`userns`), what the
+    /// caller may not delete (files the container made as its other users, in its upper) is deleted from inside
+    /// a user namespace with the container's maps.
+    pub fn remove_as(&self, id: &str, name: &str, userns: Option<&crate::idmap::UserNs>) -> Result<()> {
         let link = self.root.join("names").join(name);
         if std::fs::read_link(&link).is_ok_and(|t| t == Path::new(id)) {
             let _ = std::fs::remove_file(&link);
         }
-        let dir = self.dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::StateDir { path: dir, source: e }),
-        }
+        self.delete(&self.dir(id), userns)
     }
 }
 
@@ -366,7 +448,7 @@ mod tests {
         s.create(&a, "web").unwrap();
         // A tombstone outlives the removal.
         let mut st = State::new(
-            crate::client::build_config(&crate::client::RunOptions { rootfs: "/".into(), ..Default::default() })
+            crate::client::build_config(&crate::client::RunOptions { rootfs: Some("/".into()), ..Default::default() })
                 .unwrap(),
         );
         st.exit_code = Some(7);

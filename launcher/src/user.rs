@@ -2,6 +2,28 @@
 
 use crate::error::SetupError;
 
+/// The most of /etc/passwd or /etc/group that is read (a bigger file is cut there).
+pub const MAX_DB_SIZE: u64 = 4 << 20;
+
+/// Reads the container's `/etc/passwd` or `/etc/group` the safe way (the image may be hostile): only a regular
+/// file (a FIFO would block the init, `/dev/zero` would never end; opened non-blocking), at most
+/// [`MAX_DB_SIZE`] bytes. Anything else reads as empty: numeric ids still work, names are not found.
+pub fn read_db(path: &std::path::Path) -> String {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::File::options().read(true).custom_flags(libc::O_NONBLOCK).open(path) else {
+        return String::new();
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    if f.take(MAX_DB_SIZE).read_to_end(&mut buf).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// A resolved user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
@@ -97,5 +119,22 @@ mod tests {
         assert_eq!(resolve(Some("33:staff"), PASSWD, GROUP).unwrap().gid, 50);
         assert_eq!(resolve(Some("nobody"), PASSWD, GROUP), Err(SetupError::UnknownUser("nobody".into())));
         assert_eq!(resolve(Some("0:nogroup"), PASSWD, GROUP), Err(SetupError::UnknownGroup("nogroup".into())));
+    }
+
+    #[test]
+    fn hostile_databases_read_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fifo = tmp.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert_eq!(read_db(&fifo), "");
+        assert_eq!(read_db(std::path::Path::new("/dev/zero")), "");
+        assert_eq!(read_db(tmp.path()), "");
+        assert_eq!(read_db(&tmp.path().join("missing")), "");
+        let big = tmp.path().join("big");
+        std::fs::write(&big, vec![b'x'; (MAX_DB_SIZE + 10) as usize]).unwrap();
+        assert_eq!(read_db(&big).len() as u64, MAX_DB_SIZE);
+        let ok = tmp.path().join("passwd");
+        std::fs::write(&ok, PASSWD).unwrap();
+        assert_eq!(read_db(&ok), PASSWD);
     }
 }

@@ -9,6 +9,9 @@ use std::process::Command;
 
 use common::*;
 
+/// Serializes user creation and deletion within this test process.
+static USERS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// A user created for the test (with subordinate id ranges), deleted on drop.
 struct TempUser {
     name: String,
@@ -30,7 +33,11 @@ impl TempUser {
                 "{tool} missing: install uidmap (see launcher/ci-packages.txt)"
             );
         }
-        let name = format!("lt{}", std::process::id());
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("lt{}x{n}", std::process::id());
+        // useradd and userdel lock /etc/passwd: one at a time.
+        let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
         run_ok(Command::new("useradd").args(["-M", "-U", "-s", "/usr/sbin/nologin", &name]));
         let user = TempUser {
             uid: run_ok(Command::new("id").args(["-u", &name])).parse().unwrap(),
@@ -56,6 +63,7 @@ impl TempUser {
 impl Drop for TempUser {
     fn drop(&mut self) {
         // userdel also drops the user's subordinate ranges.
+        let _lock = USERS.lock().unwrap_or_else(|e| e.into_inner());
         let _ = Command::new("userdel").arg(&self.name).status();
     }
 }
@@ -113,4 +121,61 @@ fn rootless_with_subordinate_ids() {
     // A non-root user of the image, with its supplementary group (setgroups is allowed with a full map).
     let out = as_user(&["run", "--rm", "-u", "user", "--rootfs", r, "sh", "-c", "id -u; id -g; id -G"]);
     assert_eq!(ok(&out), "1000\n1000\n1000 50\n");
+}
+
+/// Rootless images: the layerfs daemon joins the container's user namespace and mounts there. That needs
+/// `/dev/fuse` open to the user (udev's 0666); this machine's is root-only, so the test gives the launcher a
+/// 0666 node of its own in a private mount namespace (`unshare -m` + a bind over /dev/fuse), and checks the
+/// refusal without it. The store belongs to the user (layerfs refuses to map layer files of another owner,
+/// and a root-owned file looks like one from inside a user namespace).
+#[test]
+fn rootless_image_with_subordinate_ids() {
+    let env = Env::new();
+    layerfs_bin();
+    let user = TempUser::new();
+    let base = env.tmp.path();
+    let run_dir = base.join("xdg");
+    std::fs::create_dir(&run_dir).unwrap();
+    let store = make_image_store(base);
+    let node = base.join("fuse");
+    let dev = nix::sys::stat::makedev(10, 229);
+    nix::sys::stat::mknod(&node, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::from_bits_truncate(0o666), dev)
+        .unwrap();
+    std::fs::set_permissions(&node, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
+    let owner = format!("{}:{}", user.uid, user.gid);
+    run_ok(Command::new("chown").args(["-R", &owner]).arg(base));
+    let as_user = |fuse: bool, args: &[&str]| {
+        let mut c = Command::new("unshare");
+        c.args(["-m", "--propagation", "private", "sh", "-c"]);
+        let bind = if fuse { "mount --bind \"$0\" /dev/fuse && " } else { "" };
+        c.arg(format!("{bind}exec setpriv --reuid {} --regid {} --clear-groups -- \"$@\"", user.uid, user.gid))
+            .arg(&node)
+            .arg(env!("CARGO_BIN_EXE_launcher"))
+            .args(args)
+            .env_remove("LAUNCHER_ROOT")
+            .env("XDG_RUNTIME_DIR", &run_dir)
+            .env("LAYERFS_ROOT", &store)
+            .stdin(std::process::Stdio::null());
+        output(c)
+    };
+    let state_root = run_dir.join("layerfs");
+
+    assert_eq!(ok(&as_user(true, &["run", "--rm", "test:1"])), "hello from /srv/app as 0\n");
+    assert_no_leaks(&state_root, "a rootless run --rm");
+    // A file made by a user of the image belongs to a subordinate id in the upper, on the host; rm removes it
+    // from inside a user namespace with the container's maps.
+    let script = "mkdir /tmp/mine && echo x > /tmp/mine/f && chmod 700 /tmp/mine && id -u";
+    assert_eq!(ok(&as_user(true, &["run", "--name", "w", "-u", "user", "test:1", "sh", "-c", script])), "1000\n");
+    let dir = std::fs::read_link(state_root.join("names/w")).unwrap();
+    let upper = state_root.join("containers").join(dir).join("upper");
+    let md = std::fs::metadata(upper.join("tmp/mine")).unwrap();
+    assert_eq!(md.uid(), user.ranges("/etc/subuid")[0].0 + 999);
+    ok(&as_user(true, &["rm", "w"]));
+    assert!(!upper.exists(), "removed");
+    assert_no_leaks(&state_root, "rootless rm");
+
+    // Without a /dev/fuse the user may open: said before anything starts.
+    let out = as_user(false, &["run", "--rm", "test:1"]);
+    assert_eq!(code(&out), 125);
+    assert!(stderr(&out).contains("/dev/fuse is not readable and writable by uid"), "{}", stderr(&out));
 }

@@ -96,6 +96,10 @@ pub struct MountConfig {
     pub objects: Option<PathBuf>,
     /// The store that image names refer to (default: [`crate::store::default_root`]).
     pub store: Option<PathBuf>,
+    /// `ready_fd=N`: an inherited descriptor (a pipe) that gets `ready\n` and is closed once
+    /// the mount is live, for a parent that keeps the daemon in the foreground (`-f`) as its
+    /// child; a parent reading EOF without it knows the mount failed.
+    pub ready_fd: Option<i32>,
 }
 
 impl Default for MountConfig {
@@ -117,6 +121,7 @@ impl Default for MountConfig {
             ignored: Vec::new(),
             objects: None,
             store: None,
+            ready_fd: None,
         }
     }
 }
@@ -140,8 +145,8 @@ usage: layerfs mount [--upper DIR --work DIR] [-o OPTS] [-f] [-d] LAYER... MOUNT
        layerfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] [SOURCE] MOUNTPOINT
        layerfs umount MOUNTPOINT
 LAYERs are listed topmost first (like lowerdir=). Without an upper directory the mount is
-read-only. Options: timeout=SECS, passthrough=0|1, threads=N, log=FILE, ro, nodev, nosuid,
-noexec, atime; fuse-overlayfs options are accepted (unknown ones are ignored with a warning).
+read-only. Options: timeout=SECS, passthrough=0|1, threads=N, log=FILE, ready_fd=N, ro, nodev,
+nosuid, noexec, atime; fuse-overlayfs options are accepted (unknown ones are ignored with a warning).
 Environment: LAYERFS_NO_PASSTHROUGH, LAYERFS_LOG=FILE.";
 
 fn bad(option: &str, reason: &str) -> SetupError {
@@ -220,6 +225,7 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
         }
         ("objects", Some(v)) => cfg.objects = Some(v.into()),
         ("store", Some(v)) => cfg.store = Some(v.into()),
+        ("ready_fd", Some(v)) => cfg.ready_fd = Some(v.parse().map_err(|_| bad(opt, "expected a descriptor number"))?),
         ("upperdir", Some(v)) => cfg.upper = Some(v.into()),
         ("workdir", Some(v)) => cfg.work = Some(v.into()),
         ("timeout", Some(v)) => {
@@ -408,5 +414,10 @@ mod tests {
         assert!(parse_args(&args(&["mount", "--upper", "/u", "/l", "/mnt"])).is_err());
         assert!(parse_args(&args(&["-o", "rw", "/mnt"])).is_err());
         assert_eq!(parse_args(&args(&["umount", "/mnt"])).unwrap(), Command::Umount("/mnt".into()));
+        let Command::Mount(r) = parse_args(&args(&["-f", "-o", "lowerdir=/l,ready_fd=7", "/mnt"])).unwrap() else {
+            panic!()
+        };
+        assert_eq!(r.ready_fd, Some(7));
+        assert!(parse_args(&args(&["-o", "lowerdir=/l,ready_fd=x", "/mnt"])).is_err());
     }
 }

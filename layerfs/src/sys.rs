@@ -436,6 +436,23 @@ pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     }
 }
 
+/// Takes ownership of descriptor `fd`, inherited from the parent for a readiness notice
+/// (`ready_fd=`): checks that it is open and marks it close-on-exec, so that nothing the
+/// daemon spawns inherits it. Call before opening anything else, so that the number cannot
+/// name one of our own descriptors.
+pub fn take_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd <= 2 {
+        return Err(io::Error::from_raw_os_error(libc::EBADF));
+    }
+    // SAFETY: F_GETFD only reads the descriptor's flags (EBADF when it is not open).
+    let flags = cvt(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: F_SETFD only sets the descriptor's flags.
+    cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })?;
+    // SAFETY: the descriptor is open (checked above), was inherited across exec for this
+    // purpose, and nothing else in this process refers to it: we own it from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit (best effort).
 pub fn raise_nofile_limit() {
     let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

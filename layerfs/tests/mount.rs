@@ -5,7 +5,7 @@ mod common;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt, symlink};
 use std::path::Path;
 
@@ -791,4 +791,52 @@ fn dead_daemon_is_reported() {
     let msg = String::from_utf8_lossy(&out.stderr);
     assert!(msg.contains("daemon died"), "{msg}");
     m.umount();
+}
+
+/// `-f -o ready_fd=N`: the foreground daemon says "ready" on an inherited pipe once the mount is
+/// live (the launcher keeps it as its child this way); SIGTERM unmounts and ends it.
+#[test]
+fn foreground_ready_fd() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new(1);
+    write(env.l(0).join("f"), b"lower");
+    let (r, w) = nix::unistd::pipe().unwrap();
+
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},ready_fd={}",
+        env.lowerdir(),
+        env.upper.display(),
+        env.work.display(),
+        w.as_raw_fd()
+    );
+    let mut child =
+        std::process::Command::new(common::BIN).arg("-f").arg("-o").arg(opts).arg(&env.mnt).spawn().unwrap();
+    drop(w);
+    let mut got = String::new();
+    fs::File::from(r).read_to_string(&mut got).unwrap();
+    assert_eq!(got, "ready\n");
+    assert!(is_fuse(&env.mnt), "live when ready is said");
+    assert_eq!(fs::read(env.m("f")).unwrap(), b"lower");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    assert!(!is_fuse(&env.mnt));
+
+    // A failing mount closes the pipe without a word.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let opts = format!("lowerdir=/nonexistent,ready_fd={}", w.as_raw_fd());
+    let mut child = std::process::Command::new(common::BIN)
+        .arg("-f")
+        .arg("-o")
+        .arg(opts)
+        .arg(&env.mnt)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    drop(w);
+    let mut got = String::new();
+    fs::File::from(r).read_to_string(&mut got).unwrap();
+    assert_eq!(got, "");
+    assert!(!child.wait().unwrap().success());
 }

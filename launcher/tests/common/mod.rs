@@ -196,3 +196,179 @@ pub fn ok(o: &Output) -> String {
     assert_eq!(code(o), 0, "failed: stdout {:?} stderr {:?}", stdout(o), stderr(o));
     stdout(o)
 }
+
+/// The `layerfs` binary beside the launcher's (where `launcher run IMAGE` finds it). `cargo test --workspace`
+/// builds it; `cargo test -p launcher` alone gets it built here (a no-op when it is fresh).
+pub fn layerfs_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_BIN_EXE_launcher")).parent().unwrap();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut c = Command::new(cargo);
+        c.args(["build", "-q", "-p", "layerfs", "--bin", "layerfs"]).current_dir(env!("CARGO_MANIFEST_DIR"));
+        if dir.ends_with("release") {
+            c.arg("--release");
+        }
+        let st = c.status().expect("run cargo build -p layerfs");
+        let bin = dir.join("layerfs");
+        assert!(st.success() && bin.exists(), "building layerfs failed ({st}); {} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A test image store: two layers from a busybox root, imported with the tools library as `test:1`
+/// (cmd, env and workdir set) and `test:ep` (same layers; an entrypoint, a cmd and user `app`).
+///
+/// Lower layer: the busybox root of [`make_rootfs`], `/etc/base-only`, `/etc/to-delete`, `/srv/app/`.
+/// Upper layer: `/etc/os-release` (`NAME=layertest`), a whiteout of `/etc/to-delete`, `/srv/app/hello.txt`,
+/// `/srv/app/big` (64 KiB of `b`: an object of the store), `/etc/passwd` and `/etc/group` with user `app`
+/// (1234:1234, supplementary group `staff`).
+pub fn make_image_store(dir: &Path) -> PathBuf {
+    use sha2::Digest;
+    let base = dir.join("image-base");
+    make_rootfs(&base);
+    std::fs::write(base.join("etc/base-only"), "base\n").unwrap();
+    std::fs::write(base.join("etc/to-delete"), "gone\n").unwrap();
+    std::fs::create_dir_all(base.join("srv/app")).unwrap();
+    let top = dir.join("image-top");
+    std::fs::create_dir_all(top.join("etc")).unwrap();
+    std::fs::create_dir_all(top.join("srv/app")).unwrap();
+    std::fs::write(top.join("etc/os-release"), "NAME=layertest\n").unwrap();
+    std::fs::write(top.join("etc/.wh.to-delete"), "").unwrap();
+    std::fs::write(top.join("srv/app/hello.txt"), "hello\n").unwrap();
+    std::fs::write(top.join("srv/app/big"), vec![b'b'; 65536]).unwrap();
+    std::fs::write(
+        top.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000:user:/home/user:/bin/sh\napp:x:1234:1234:app:/home/app:/bin/sh\n",
+    )
+    .unwrap();
+    std::fs::write(top.join("etc/group"), "root:x:0:\nuser:x:1000:\nstaff:x:50:user,app\napp:x:1234:\n").unwrap();
+
+    let layer_tar = |src: &Path| -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        b.follow_symlinks(false);
+        b.mode(tar::HeaderMode::Complete);
+        b.append_dir_all(".", src).unwrap();
+        b.into_inner().unwrap()
+    };
+    let layers = [layer_tar(&base), layer_tar(&top)];
+    let diff_ids: Vec<String> =
+        layers.iter().map(|l| format!("sha256:{}", hex::encode(sha2::Sha256::digest(l)))).collect();
+    let store_root = dir.join("store");
+    let store = tools::store::Store::open(&store_root).unwrap();
+    let images = [
+        (
+            "test:1",
+            serde_json::json!({
+                "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello"],
+                "Cmd": ["sh", "-c", "echo $GREETING from $(pwd) as $(id -u)"],
+                "WorkingDir": "/srv/app",
+            }),
+        ),
+        (
+            "test:ep",
+            serde_json::json!({
+                "Entrypoint": ["/bin/echo", "ep"],
+                "Cmd": ["default"],
+                "User": "app",
+            }),
+        ),
+    ];
+    for (tag, config) in images {
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let manifest = serde_json::json!([{
+            "Config": "config.json",
+            "RepoTags": [tag],
+            "Layers": ["l0/layer.tar", "l1/layer.tar"],
+        }]);
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut add = |name: &str, data: &[u8]| {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            archive.append_data(&mut h, name, data).unwrap();
+        };
+        add("manifest.json", &serde_json::to_vec(&manifest).unwrap());
+        add("config.json", &serde_json::to_vec(&config).unwrap());
+        add("l0/layer.tar", &layers[0]);
+        add("l1/layer.tar", &layers[1]);
+        let path = dir.join(format!("{}.tar", tag.replace(':', "-")));
+        std::fs::write(&path, archive.into_inner().unwrap()).unwrap();
+        let opts = tools::import::ImportOptions { sync: false, ..Default::default() };
+        tools::import::import(&store, &path, tag, &opts, &indicatif::ProgressBar::hidden())
+            .unwrap_or_else(|e| panic!("import {tag}: {e}"));
+    }
+    store_root
+}
+
+/// Pids of live layerfs processes whose command line mentions `needle` (a state root).
+pub fn layerfs_daemons(needle: &Path) -> Vec<i32> {
+    use std::os::unix::ffi::OsStrExt;
+    let needle = needle.as_os_str().as_bytes();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let (Ok(cmd), Ok(stat)) =
+            (std::fs::read(e.path().join("cmdline")), std::fs::read_to_string(e.path().join("stat")))
+        else {
+            continue;
+        };
+        if stat.contains(") Z ") {
+            continue;
+        }
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
+            && args.iter().any(|a| a.windows(needle.len()).any(|w| w == needle))
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Mounts whose mount point is under `needle`, in the mount namespace of any process on the host.
+pub fn mounts_under(needle: &Path) -> Vec<String> {
+    let needle = needle.to_str().unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if e.file_name().to_string_lossy().parse::<i32>().is_err() {
+            continue;
+        }
+        let Ok(mi) = std::fs::read_to_string(e.path().join("mountinfo")) else { continue };
+        for l in mi.lines() {
+            if l.split(' ').nth(4).is_some_and(|mp| mp.starts_with(needle)) {
+                out.insert(format!("pid {}: {l}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Asserts that no layerfs daemon and no mount of anything under `root` is left, right now.
+pub fn assert_no_leaks(root: &Path, after: &str) {
+    let d = layerfs_daemons(root);
+    let m = mounts_under(root);
+    assert!(d.is_empty() && m.is_empty(), "after {after}: layerfs daemons {d:?} and mounts {m:#?} left");
+}
+
+/// Asserts that no layerfs daemon and no mount under `root` is left within a few seconds (for ends that
+/// nobody waits for, like a killed monitor).
+pub fn assert_no_leaks_soon(root: &Path, after: &str) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = layerfs_daemons(root);
+        let m = mounts_under(root);
+        if d.is_empty() && m.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < end, "after {after}: layerfs daemons {d:?} and mounts {m:#?} left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -1,6 +1,7 @@
 //! `layerfs`: mount a union of read-only layers under a writable upper directory.
 //! Thin glue: parse arguments, set up logging, call the library, map errors to exit codes.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::Context;
@@ -28,6 +29,8 @@ fn run_mount(cfg: MountConfig) -> anyhow::Result<()> {
             cfg.mountpoint.display()
         );
     }
+    // Claimed before anything is opened, so that the number cannot name one of our descriptors.
+    let ready = cfg.ready_fd.map(sys::take_inherited_fd).transpose().context("ready_fd")?;
     sys::raise_nofile_limit();
     // The kernel applies the caller's umask; ours must not apply a second one.
     sys::umask(0);
@@ -35,6 +38,9 @@ fn run_mount(cfg: MountConfig) -> anyhow::Result<()> {
     let mounted =
         layerfs::mount::mount(&cfg, union).with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
     // The mount is live here.
+    if let Some(fd) = ready {
+        std::fs::File::from(fd).write_all(b"ready\n").context("writing to ready_fd")?;
+    }
     if !cfg.foreground {
         let pid = sys::fork_single_threaded().context("daemonising")?;
         if pid > 0 {
