@@ -33,10 +33,10 @@ cleanup() {
 trap cleanup EXIT
 
 cached_kb() { awk '/^Cached:/{print $2}' /proc/meminfo; }
-daemons_rss_kb() { # pattern
+daemons_kb() { # pattern field (VmRSS or RssAnon)
   local total=0
   for p in $(pgrep -f "$1" || true); do
-    total=$((total + $(awk '/VmRSS/{print $2}' /proc/$p/status 2>/dev/null || echo 0)))
+    total=$((total + $(awk -v f="$2:" '$1==f{print $2}' /proc/$p/status 2>/dev/null || echo 0)))
   done
   echo $total
 }
@@ -58,24 +58,28 @@ measure() { # fs n -> MB
   for i in $(seq "$n"); do
     (cd "$mdir/m$i/usr/lib" && find . -type f -print0 | xargs -0 cat > /dev/null)
   done
-  local after rss
+  local after rss anon pat
   after=$(cached_kb)
   case $fs in
-    overlay) rss=0 ;;
-    fuse-overlayfs) rss=$(daemons_rss_kb "fuse-overlayfs.*$mdir") ;;
-    *) rss=$(daemons_rss_kb "layerfs mount.*$mdir") ;;
+    overlay) pat="^$" ;;
+    fuse-overlayfs) pat="fuse-overlayfs.*$mdir" ;;
+    *) pat="layerfs mount.*$mdir" ;;
   esac
-  echo $(( (after - before + rss) / 1024 )) $((rss / 1024))
+  rss=$(daemons_kb "$pat" VmRSS); anon=$(daemons_kb "$pat" RssAnon)
+  # Cached + RSS (the issue's measure; RSS double-counts shared file pages such as the mapped
+  # layer, which Cached already holds) and Cached + anonymous RSS (what the mounts really cost).
+  echo $(( (after - before + rss) / 1024 )) $(( (after - before + anon) / 1024 )) $((rss / 1024)) $((anon / 1024))
 }
 
 echo "working set: $(du -sm --apparent-size "$lower/usr/lib" | cut -f1) MB (usr/lib of the Debian image), $(nproc) cores, $(uname -r)"
-printf '%-16s %6s %12s %12s %8s\n' fs N "total MB" "daemons MB" ratio
+printf '%-16s %5s %16s %7s %16s %7s %11s %11s\n' fs N "Cached+RSS MB" ratio "Cached+anon MB" ratio "RSS MB" "anon MB"
 for n in "${ns[@]}"; do
   ref=""
   for fs in overlay fuse-overlayfs layerfs layerfs-nopt; do
     if [ "$fs" = fuse-overlayfs ] && [ "$n" -gt 10 ]; then continue; fi
-    read -r total rss < <(measure "$fs" "$n")
+    read -r total real rss anon < <(measure "$fs" "$n")
     [ -n "$ref" ] || ref=$total
-    printf '%-16s %6d %12d %12d %8s\n' "$fs" "$n" "$total" "$rss" "$(awk "BEGIN{printf \"%.2f\", $total / ($ref > 0 ? $ref : 1)}")"
+    printf '%-16s %5d %16d %7s %16d %7s %11d %11d\n' "$fs" "$n" "$total" "$(awk "BEGIN{printf \"%.2f\", $total / ($ref > 0 ? $ref : 1)}")" \
+      "$real" "$(awk "BEGIN{printf \"%.2f\", $real / ($ref > 0 ? $ref : 1)}")" "$rss" "$anon"
   done
 done

@@ -21,6 +21,7 @@ pub mod error;
 pub mod fuse;
 pub mod ino;
 pub mod inode;
+pub mod lease;
 pub mod lower;
 pub mod mapping;
 pub mod mem_lower;

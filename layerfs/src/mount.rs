@@ -24,11 +24,22 @@ use crate::upper::Upper;
 /// Opens the configured layers, topmost first: directories, packed layer files, and image
 /// names (expanded into their packed layers from the store).
 pub fn open_layers(cfg: &MountConfig) -> Result<Vec<Arc<dyn Lower>>, SetupError> {
+    open_layers_leased(cfg, &mut crate::lease::Leases::default())
+}
+
+/// [`open_layers`], noting every packed layer in `leases`.
+pub fn open_layers_leased(
+    cfg: &MountConfig,
+    leases: &mut crate::lease::Leases,
+) -> Result<Vec<Arc<dyn Lower>>, SetupError> {
     let mut out: Vec<Arc<dyn Lower>> = Vec::new();
     for spec in &cfg.lowers {
         match spec {
             LayerSpec::Dir(p) => out.push(Arc::new(DirLower::open(p)?)),
-            LayerSpec::Packed(p) => out.push(Arc::new(PackedLower::open(p, cfg.objects.as_deref())?)),
+            LayerSpec::Packed(p) => {
+                out.push(Arc::new(PackedLower::open(p, cfg.objects.as_deref())?));
+                leases.note(p);
+            }
             LayerSpec::Image(name) => {
                 let root = cfg.store.clone().unwrap_or_else(crate::store::default_root);
                 let layers = crate::store::image_layers(&root, name).map_err(|e| SetupError::Open {
@@ -39,6 +50,7 @@ pub fn open_layers(cfg: &MountConfig) -> Result<Vec<Arc<dyn Lower>>, SetupError>
                 let objects = cfg.objects.clone().unwrap_or_else(|| crate::store::objects_dir(&root));
                 for l in layers {
                     out.push(Arc::new(PackedLower::open(&l, Some(&objects))?));
+                    leases.note(&l);
                 }
             }
         }
@@ -48,7 +60,12 @@ pub fn open_layers(cfg: &MountConfig) -> Result<Vec<Arc<dyn Lower>>, SetupError>
 
 /// Opens the layers and the upper directory (no tree walk: cost independent of their size).
 pub fn build_union(cfg: &MountConfig) -> Result<Union, SetupError> {
-    let layers = open_layers(cfg)?;
+    build_union_leased(cfg, &mut crate::lease::Leases::default())
+}
+
+/// [`build_union`], noting the packed layers in `leases`.
+pub fn build_union_leased(cfg: &MountConfig, leases: &mut crate::lease::Leases) -> Result<Union, SetupError> {
+    let layers = open_layers_leased(cfg, leases)?;
     let upper = match (&cfg.upper, &cfg.work) {
         (Some(u), Some(w)) if !cfg.flags.ro => Some(Upper::open(u, w)?),
         _ => None,

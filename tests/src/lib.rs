@@ -21,3 +21,13 @@ pub fn debian_tarball() -> PathBuf {
     );
     PathBuf::from(String::from_utf8(out.stdout).expect("utf-8 path").trim())
 }
+
+/// A binary of the workspace, built in the same profile as the running test (`cargo test
+/// --workspace` builds them all). Panics with a hint when it is missing.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/..");
+    let p = dir.join(name);
+    assert!(p.is_file(), "{} is missing: build the workspace first (cargo build --workspace)", p.display());
+    p
+}

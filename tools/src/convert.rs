@@ -379,13 +379,17 @@ fn add_entry<R: Read>(
         return Ok(());
     }
 
-    meta.mode = header.mode().map_err(|e| bad(format!("bad mode: {e}")))? & 0o7777;
-    let uid = header.uid().map_err(|e| bad(format!("bad uid: {e}")))?;
-    let gid = header.gid().map_err(|e| bad(format!("bad gid: {e}")))?;
+    // An empty numeric field (all NUL or spaces, as some writers leave them) reads as 0.
+    let empty = |f: &[u8]| f.iter().all(|&b| b == 0 || b == b' ');
+    let old = header.as_old();
+    meta.mode = if empty(&old.mode) { 0 } else { header.mode().map_err(|e| bad(format!("bad mode: {e}")))? } & 0o7777;
+    let uid = if empty(&old.uid) { 0 } else { header.uid().map_err(|e| bad(format!("bad uid: {e}")))? };
+    let gid = if empty(&old.gid) { 0 } else { header.gid().map_err(|e| bad(format!("bad gid: {e}")))? };
     meta.uid = u32::try_from(uid).map_err(|_| bad("uid over 2^32".into()))?;
     meta.gid = u32::try_from(gid).map_err(|_| bad("gid over 2^32".into()))?;
     meta.mtime = match mtime {
         Some(t) => t,
+        None if empty(&old.mtime) => Timestamp::default(),
         None => Timestamp { sec: header.mtime().map_err(|e| bad(format!("bad mtime: {e}")))? as i64, nsec: 0 },
     };
     if let Some(gnu) = header.as_gnu() {

@@ -253,6 +253,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             let gc = store.collect_garbage()?;
             println!("Deleted: {} layers, {} objects, {}", gc.layers, gc.objects, human(gc.bytes));
+            if gc.leased > 0 {
+                println!("Kept: {} layers still used by running mounts", gc.leased);
+            }
             if failed {
                 return Ok(ExitCode::FAILURE);
             }

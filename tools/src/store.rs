@@ -7,7 +7,8 @@
 //!   images/<name:tag, %-escaped>.json image manifests (ordered layers + config)
 //!   sources/<sha256 of a source blob> the layer a source blob was converted to (a cache)
 //!   tmp/                              temporary files, renamed into place when complete
-//!   lock                              flock: imports hold it shared, garbage collection exclusive
+//!   lock                              flock: imports and mounts hold it shared, garbage collection exclusive
+//!   leases/<pid>                      layers a live layerfs mount uses (kept by garbage collection)
 //! ```
 //!
 //! Every file is written to `tmp/` and renamed into place when complete, so a killed import
@@ -257,6 +258,24 @@ impl Store {
                 live_layers.insert(parse_digest(l).ok_or_else(|| StoreError::BadDigest(l.clone()))?);
             }
         }
+        // Layers that live mounts use (their leases), even if no image names them any more.
+        if let Ok(entries) = fs::read_dir(self.root.join("leases")) {
+            for ent in entries.flatten() {
+                let name = ent.file_name().to_string_lossy().into_owned();
+                let Ok(pid) = name.parse::<u32>() else { continue };
+                let alive = fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.split(|&b| b == 0).next().is_some_and(|a0| a0.ends_with(b"layerfs")));
+                if !alive {
+                    let _ = fs::remove_file(ent.path());
+                    continue;
+                }
+                for line in fs::read_to_string(ent.path()).unwrap_or_default().lines() {
+                    if let Some(d) = parse_digest(line.trim()) {
+                        stats.leased += live_layers.insert(d) as u64;
+                    }
+                }
+            }
+        }
         let mut live_objects = std::collections::HashSet::new();
         for d in &live_layers {
             let layer = crate::open_layer(&self.layer_path(d)).map_err(|e| StoreError::Layer(hex::encode(d), e))?;
@@ -327,6 +346,8 @@ pub struct GcStats {
     pub objects: u64,
     /// Bytes freed (apparent sizes).
     pub bytes: u64,
+    /// Layers kept only because a live mount uses them.
+    pub leased: u64,
 }
 
 /// Renames `tmp` to `dst` read-only, unless `dst` exists (then `tmp` is removed). True when new.

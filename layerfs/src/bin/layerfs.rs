@@ -34,7 +34,10 @@ fn run_mount(cfg: MountConfig) -> anyhow::Result<()> {
     sys::raise_nofile_limit();
     // The kernel applies the caller's umask; ours must not apply a second one.
     sys::umask(0);
-    let union = layerfs::mount::build_union(&cfg)?;
+    // Garbage collection of the store waits while we open its layers; our lease keeps them
+    // (and their objects) alive for as long as we run.
+    let mut leases = layerfs::lease::Leases::lock(&cfg).context("locking the store")?;
+    let union = layerfs::mount::build_union_leased(&cfg, &mut leases)?;
     let mounted =
         layerfs::mount::mount(&cfg, union).with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
     // The mount is live here.
@@ -50,6 +53,7 @@ fn run_mount(cfg: MountConfig) -> anyhow::Result<()> {
         sys::setsid().context("setsid")?;
         sys::redirect_stdio(cfg.log.as_deref()).context("redirecting output")?;
     }
+    leases.publish().context("writing the store lease")?;
     layerfs::mount::serve(mounted).context("serving")?;
     Ok(())
 }
