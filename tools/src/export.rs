@@ -85,7 +85,7 @@ impl Read for SegmentReader<'_> {
     }
 }
 
-fn meta_of(layer: &MappedLayer, inode: &Inode) -> Result<Meta, ImportError> {
+pub(crate) fn meta_of(layer: &MappedLayer, inode: &Inode) -> Result<Meta, ImportError> {
     let (atime, ctime) = layer.times(inode);
     let has_times = layer.header().compat & format_spec::raw::COMPAT_TIMES != 0;
     let xattrs = layer
