@@ -94,7 +94,7 @@ pub struct CommitReport {
 #[derive(Clone, Copy, Debug)]
 enum Data {
     /// The upper file with this identity, at the planned path.
-    Upper { id: (u64, u64), size: u64 },
+    Upper { id: (u64, u64), size: u64, sparse: bool },
     /// A base layer's file (the upper's size wins for a metadata-only copy).
     Base { src: Source, size: u64 },
 }
@@ -290,7 +290,7 @@ impl<'a> Planner<'a> {
                     self.report.metacopies += 1;
                     Data::Base { src: self.metacopy_source(e, redirect.as_deref(), ctx, &p)?, size }
                 } else {
-                    Data::Upper { id: e.id(), size }
+                    Data::Upper { id: e.id(), size, sparse: e.maybe_sparse() }
                 };
                 if let (Some(view), Some((l, ino))) = (&self.view, e.origin)
                     && (l as usize) < self.nbase
@@ -629,11 +629,11 @@ pub fn commit_upper(
                 let rep = &plan[reps[group]];
                 let What::File { data, .. } = rep.what else { unreachable!("a group's representative is a file") };
                 match data {
-                    Data::Upper { id, size } => {
+                    Data::Upper { id, size, sparse } => {
                         let (dir, name) = split_last(&rep.path);
                         let dfd = dirs.dir(dir)?;
                         let f = upper::open_file(dfd, name, id, &rep.path)?;
-                        let mut r = upper::SparseReader::new(f, size, &count);
+                        let mut r = upper::SparseReader::new(f, size, sparse, &count);
                         b.file(&p.path, rep.meta.clone(), size, &mut r)?;
                         report.upper_bytes += size;
                     }

@@ -80,6 +80,11 @@ impl UpperEntry {
     pub fn id(&self) -> (u64, u64) {
         (self.st.st_dev, self.st.st_ino)
     }
+
+    /// Whether the file may have holes (fewer allocated blocks than its size needs).
+    pub fn maybe_sparse(&self) -> bool {
+        (self.st.st_blocks as u64).saturating_mul(512) < self.st.st_size as u64
+    }
 }
 
 /// True for the xattrs overlay implementations keep for themselves.
@@ -323,9 +328,11 @@ pub struct SparseReader<'a> {
 }
 
 impl<'a> SparseReader<'a> {
-    /// A reader of the first `size` bytes of `file`.
-    pub fn new(file: File, size: u64, counter: &'a dyn Fn(u64)) -> Self {
-        SparseReader { file, pos: 0, size, run_end: 0, in_data: true, counter }
+    /// A reader of the first `size` bytes of `file`. Without `maybe_sparse` (a file whose
+    /// allocated blocks cover its size), holes are not looked for.
+    pub fn new(file: File, size: u64, maybe_sparse: bool, counter: &'a dyn Fn(u64)) -> Self {
+        let run_end = if maybe_sparse { 0 } else { size };
+        SparseReader { file, pos: 0, size, run_end, in_data: true, counter }
     }
 
     fn next_run(&mut self) {
