@@ -16,7 +16,7 @@ use common::*;
 use tools::commit::{CommitOptions, ImageCommit, commit_image, commit_upper};
 use tools::diff::diff_upper;
 use tools::merged::MergedView;
-use tools::store::{Store, digest_string, parse_digest, sha256_file};
+use tools::store::{Store, parse_digest, sha256_file};
 use tools::{MappedLayer, open_image_layers};
 
 fn commit(store: &Store, upper: &Path, base: &str, name: &str) -> tools::commit::ImageCommitReport {
@@ -478,7 +478,6 @@ fn check_store(store: &Store) {
             assert!(store.layer_path(&parse_digest(l).unwrap()).exists(), "{} names a missing layer", img.name);
         }
     }
-    let _ = digest_string;
 }
 
 #[test]

@@ -86,8 +86,6 @@ pub fn tempdir(prefix: &str) -> tempfile::TempDir {
 }
 
 fn is_mounted(p: &Path) -> bool {
-    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
-    let _ = c;
     let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let want = p.to_string_lossy().into_owned();
     mounts.lines().any(|l| l.split(' ').nth(4) == Some(want.as_str()))
