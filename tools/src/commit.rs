@@ -5,7 +5,7 @@
 //! Three passes, all in sorted (deterministic) order, so that committing the same upper twice
 //! gives the same layer, byte for byte:
 //!
-//! 1. **Plan** ([`Planner`]): walk the upper (directory fds, `O_NOFOLLOW`, see [`crate::upper`])
+//! 1. **Plan**: walk the upper (directory fds, `O_NOFOLLOW`, see [`crate::upper`])
 //!    and decide what each entry becomes. Whiteouts stay whiteouts (when the base has something
 //!    to hide), opaque directories stay opaque. A *renamed* merged directory (a redirect) cannot
 //!    be expressed by the layer format, so it becomes an opaque directory holding its full merged
