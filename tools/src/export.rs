@@ -85,7 +85,7 @@ impl Read for SegmentReader<'_> {
     }
 }
 
-fn meta_of(layer: &MappedLayer, inode: &Inode) -> Result<Meta, ImportError> {
+pub(crate) fn meta_of(layer: &MappedLayer, inode: &Inode) -> Result<Meta, ImportError> {
     let (atime, ctime) = layer.times(inode);
     let has_times = layer.header().compat & format_spec::raw::COMPAT_TIMES != 0;
     let xattrs = layer
@@ -250,36 +250,43 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 type Visit<'f> = dyn FnMut(&[u8], Source, &Inode, Option<&[u8]>) -> Result<(), ImportError> + 'f;
 
 /// Calls `f(path, source, inode, first_name_of_hardlink)` for every entry of the merged view,
-/// parents before children, in name order (the root first, with an empty path).
+/// depth first in name order: a directory, then everything under it, then its next sibling (the
+/// root first, with an empty path). Extractors rely on that order: GNU tar sets a directory's
+/// times once it has left it, so a directory revisited later would get the extraction's time.
 fn walk_merged(view: &MergedView<'_>, f: &mut Visit<'_>) -> Result<(), ImportError> {
     let root = view.root().map_err(|e| fmt_err("layer", e))?;
     let top = root.parts[0];
     f(b"", top, &view.inode(top).map_err(|e| fmt_err("layer", e))?, None)?;
     let mut links: HashMap<Source, Vec<u8>> = HashMap::new();
-    let mut stack: Vec<(Vec<u8>, MergedDir)> = vec![(Vec::new(), root)];
-    while let Some((path, dir)) = stack.pop() {
-        let entries = view.read_dir(&dir).map_err(|e| fmt_err("layer", e))?;
-        let mut subdirs = Vec::new();
-        for e in entries {
-            let p = join(&path, &e.name);
-            let inode = view.inode(e.source).map_err(|e| fmt_err("layer", e))?;
-            if let Some(d) = e.dir {
-                f(&p, e.source, &inode, None)?;
-                subdirs.push((p, d));
-            } else if inode.nlink > 1 {
-                match links.get(&e.source) {
-                    Some(first) => f(&p, e.source, &inode, Some(first))?,
-                    None => {
-                        f(&p, e.source, &inode, None)?;
-                        links.insert(e.source, p);
-                    }
+    let listing = |dir: &MergedDir| -> Result<Vec<_>, ImportError> {
+        let mut v = view.read_dir(dir).map_err(|e| fmt_err("layer", e))?;
+        v.reverse();
+        Ok(v)
+    };
+    // The directories being listed, innermost last: (path, entries left, reversed).
+    let mut stack = vec![(Vec::new(), listing(&root)?)];
+    while let Some((path, entries)) = stack.last_mut() {
+        let Some(e) = entries.pop() else {
+            stack.pop();
+            continue;
+        };
+        let p = join(path, &e.name);
+        let inode = view.inode(e.source).map_err(|e| fmt_err("layer", e))?;
+        if let Some(d) = e.dir {
+            f(&p, e.source, &inode, None)?;
+            let children = listing(&d)?;
+            stack.push((p, children));
+        } else if inode.nlink > 1 {
+            match links.get(&e.source) {
+                Some(first) => f(&p, e.source, &inode, Some(first))?,
+                None => {
+                    f(&p, e.source, &inode, None)?;
+                    links.insert(e.source, p);
                 }
-            } else {
-                f(&p, e.source, &inode, None)?;
             }
+        } else {
+            f(&p, e.source, &inode, None)?;
         }
-        // Depth first, in name order.
-        stack.extend(subdirs.into_iter().rev());
     }
     Ok(())
 }

@@ -5,11 +5,16 @@
 //!   the [`store`].
 //! - [`merged`]: the read-only merged view of an image's layers.
 //! - [`export`]: root filesystem tars, OCI archives and flattened layers out of the store.
+//! - [`commit`]: an overlay upper directory (layerfs or kernel overlayfs) as a new layer/image.
+//! - [`diff`]: the changes an upper directory makes, as `docker diff` lists them.
+//! - [`upper`]: reading an upper directory safely (directory fds, never following symlinks).
 //! - [`show`]: the listings `layertool ls`/`inspect` print.
 
 #![forbid(unsafe_code)]
 
+pub mod commit;
 pub mod convert;
+pub mod diff;
 pub mod error;
 pub mod export;
 pub mod image;
@@ -17,13 +22,14 @@ pub mod import;
 pub mod merged;
 pub mod show;
 pub mod store;
+pub mod upper;
 
 use std::path::Path;
 
 use format_spec::{FormatError, Layer};
 use layerfs::mapping::Mapping;
 
-pub use error::{ImportError, StoreError};
+pub use error::{CommitError, ImportError, StoreError, UpperError};
 
 /// A packed layer mapped from a file.
 pub type MappedLayer = Layer<Mapping>;

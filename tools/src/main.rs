@@ -1,4 +1,5 @@
-//! `layertool`: import images into packed layers; inspect, verify and list them.
+//! `layertool`: import images into packed layers; inspect, verify and list them; commit and diff
+//! upper directories.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -9,6 +10,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use format_spec::{Kind, Layer, Segment, VerifyOptions};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tools::commit::{CommitOptions, CommitReport, ImageCommit, commit_image, commit_upper};
+use tools::diff::diff_upper;
 use tools::image::Image;
 use tools::import::{ImportOptions, convert_file, import};
 use tools::store::{Store, digest_string, parse_digest, sha256_file};
@@ -111,6 +114,43 @@ enum Cmd {
         image: String,
         /// The new image's name: NAME or NAME:TAG.
         name: String,
+    },
+    /// Commit an upper directory (layerfs or kernel overlayfs) as a new layer: a new image in the
+    /// store (--tag), or a self-contained .lpk file (-o).
+    Commit {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Write a self-contained packed layer to this file (nothing is stored).
+        #[arg(short, long, required_unless_present = "tag", conflicts_with_all = ["tag", "changes", "message"])]
+        output: Option<PathBuf>,
+        /// The image the upper was mounted over: the new image's lower layers and starting
+        /// configuration; with -o, needed only for renamed directories and metadata-only copies.
+        #[arg(long)]
+        base: Option<String>,
+        /// The new image's name: NAME or NAME:TAG.
+        #[arg(short, long)]
+        tag: Option<String>,
+        /// A configuration change, Dockerfile syntax: CMD, ENTRYPOINT (JSON or shell form), ENV,
+        /// LABEL, USER, WORKDIR (repeatable).
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// A commit message.
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Files of at least this many bytes become shared objects (with --tag).
+        #[arg(long, default_value_t = 4096)]
+        external_min: u64,
+        /// Do not flush to disk before publishing (faster; a power loss may then damage the image).
+        #[arg(long)]
+        no_sync: bool,
+    },
+    /// List what an upper directory changes in the image it was mounted over (A, C, D lines).
+    Diff {
+        /// The upper directory.
+        upper: PathBuf,
+        /// The image the upper was mounted over.
+        #[arg(long)]
+        base: Option<String>,
     },
     /// Check every checksum and invariant of a packed layer or of an image (and its objects).
     Verify {
@@ -362,6 +402,74 @@ fn run(cli: Cli) -> Result<ExitCode> {
             store.save_image(&new)?;
             println!("{} {} ({} inodes, {} layers squashed)", new.name, new.id(), summary.inodes, img.layers.len());
         }
+        Cmd::Commit { upper, output, base, tag, changes, message, external_min, no_sync } => {
+            let opts = CommitOptions { external_min, self_contained: output.is_some(), sync: !no_sync };
+            let pb = progress(cli.quiet, "commit");
+            if let Some(output) = output {
+                let store = match &base {
+                    Some(_) => Some(Store::open_existing(store_of(&cli.root))?),
+                    None => None,
+                };
+                let _lock = store.as_ref().map(Store::lock_shared).transpose()?;
+                let img = match (&store, &base) {
+                    (Some(s), Some(b)) => Some(s.image(b)?),
+                    _ => None,
+                };
+                let layers = match (&store, &img) {
+                    (Some(s), Some(i)) => tools::open_image_layers(s, i)?,
+                    _ => Vec::new(),
+                };
+                let top_first: Vec<&MappedLayer> = layers.iter().rev().collect();
+                let dir = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+                let tmp = tempfile::Builder::new()
+                    .prefix(".layertool-")
+                    .tempfile_in(dir)
+                    .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+                let file = tmp.as_file().try_clone()?;
+                let report = commit_upper(&upper, &top_first, store.as_ref(), file, &opts, &pb)
+                    .with_context(|| format!("committing {}", upper.display()))?;
+                pb.finish_and_clear();
+                if !no_sync {
+                    tmp.as_file().sync_all()?;
+                }
+                fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o444))?;
+                tmp.persist(&output).with_context(|| format!("writing {}", output.display()))?;
+                print_commit(&report);
+                println!("{}: {} bytes", output.display(), report.summary.file_size);
+            } else {
+                let tag = tag.expect("clap requires --tag without -o");
+                let store = Store::open(store_of(&cli.root))?;
+                let img = base.as_deref().map(|b| store.image(b)).transpose()?;
+                let req =
+                    ImageCommit { base: img.as_ref(), name: &tag, changes: &changes, message: message.as_deref() };
+                let r = commit_image(&store, &upper, &req, &opts, &pb)
+                    .with_context(|| format!("committing {}", upper.display()))?;
+                pb.finish_and_clear();
+                print_commit(&r.commit);
+                let state = if r.new_layer { "new" } else { "already stored" };
+                println!("layer {} {state}", digest_string(&r.layer));
+                println!("{} {}", r.image.name, r.image.id());
+            }
+        }
+        Cmd::Diff { upper, base } => {
+            let store = match &base {
+                Some(_) => Some(Store::open_existing(store_of(&cli.root))?),
+                None => None,
+            };
+            let layers = match (&store, &base) {
+                (Some(s), Some(b)) => tools::open_image_layers(s, &s.image(b)?)?,
+                _ => Vec::new(),
+            };
+            let top_first: Vec<&MappedLayer> = layers.iter().rev().collect();
+            let changes = diff_upper(&upper, &top_first).with_context(|| format!("comparing {}", upper.display()))?;
+            let mut out = io::BufWriter::new(io::stdout().lock());
+            for c in &changes {
+                out.write_all(&[c.kind.letter() as u8, b' '])?;
+                out.write_all(&c.path)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+        }
         Cmd::Verify { target } => {
             let ok = if Path::new(&target).exists() {
                 let store = Store::open_existing(store_of(&cli.root)).ok();
@@ -417,6 +525,24 @@ fn write_output<T>(
     tmp.as_file().sync_all()?;
     tmp.persist(output).with_context(|| format!("writing {}", output.display()))?;
     Ok(t)
+}
+
+fn print_commit(r: &CommitReport) {
+    print_warnings(&r.warnings);
+    eprintln!(
+        "{} upper entries ({} whiteouts, {} renamed dirs, {} metadata-only), {} from the base, {} links kept; \
+         {} inodes, {} inline, {} in objects, {} deduplicated files",
+        r.upper_entries,
+        r.whiteouts,
+        r.redirects,
+        r.metacopies,
+        r.materialised,
+        r.carried_links,
+        r.summary.inodes,
+        human(r.summary.inline_bytes),
+        human(r.summary.external_bytes),
+        r.summary.deduplicated
+    );
 }
 
 fn print_warnings(w: &[String]) {

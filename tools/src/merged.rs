@@ -179,3 +179,77 @@ impl<'a> MergedView<'a> {
         Ok(result)
     }
 }
+
+/// Every name of the inodes `inos` in one layer, as paths relative to its root (sorted), found by
+/// one pass over the layer's directories (no tree walk, no path built for other entries). Used to
+/// keep a lower hard-link group linked when one of its members is copied up.
+pub fn names_of_inodes(
+    layer: &MappedLayer,
+    inos: &std::collections::BTreeSet<u32>,
+) -> Result<BTreeMap<u32, Vec<Vec<u8>>>, FormatError> {
+    let mut hits: Vec<(u32, Vec<u8>, u32)> = Vec::new();
+    for dino in 1..=layer.inode_count() {
+        let dir = layer.inode(dino)?;
+        if !dir.is_dir() {
+            continue;
+        }
+        for ent in layer.read_dir(&dir, 0)? {
+            let ent = ent?;
+            if ent.kind == Kind::File && inos.contains(&ent.ino) {
+                hits.push((dino, ent.name.to_vec(), ent.ino));
+            }
+        }
+    }
+    let mut dir_paths: std::collections::HashMap<u32, Vec<u8>> = std::collections::HashMap::new();
+    dir_paths.insert(layer.root(), Vec::new());
+    let mut out: BTreeMap<u32, Vec<Vec<u8>>> = BTreeMap::new();
+    for (dino, name, ino) in hits {
+        let mut p = dir_path(layer, dino, &mut dir_paths)?;
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        out.entry(ino).or_default().push(p);
+    }
+    for v in out.values_mut() {
+        v.sort();
+    }
+    Ok(out)
+}
+
+/// The path of directory `dino` in its layer, through the `parent` fields (memoised).
+fn dir_path(
+    layer: &MappedLayer,
+    dino: u32,
+    memo: &mut std::collections::HashMap<u32, Vec<u8>>,
+) -> Result<Vec<u8>, FormatError> {
+    let mut chain = Vec::new();
+    let mut cur = dino;
+    while !memo.contains_key(&cur) {
+        chain.push(cur);
+        if chain.len() > 1 << 16 {
+            return Err(FormatError::BadTree { ino: dino, reason: "parent chain does not reach the root" });
+        }
+        cur = layer.inode(cur)?.parent;
+    }
+    while let Some(d) = chain.pop() {
+        let inode = layer.inode(d)?;
+        let parent = layer.inode(inode.parent)?;
+        let mut name = None;
+        for ent in layer.read_dir(&parent, 0)? {
+            let ent = ent?;
+            if ent.ino == d && ent.kind == Kind::Dir {
+                name = Some(ent.name.to_vec());
+                break;
+            }
+        }
+        let name = name.ok_or(FormatError::BadTree { ino: d, reason: "directory not named by its parent" })?;
+        let mut p = memo[&inode.parent].clone();
+        if !p.is_empty() {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&name);
+        memo.insert(d, p);
+    }
+    Ok(memo[&dino].clone())
+}
