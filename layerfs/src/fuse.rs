@@ -58,6 +58,12 @@ enum IoMode {
     Passthrough,
 }
 
+/// Every file open says `FOPEN_NOFLUSH`: a `close` costs no FLUSH round trip. Nothing needs
+/// it: writes are synchronous (passthrough, or written through by the kernel without a
+/// writeback cache), dirty pages of shared mappings are written back when the mapping goes
+/// away, and locks are the kernel's own (no `FUSE_POSIX_LOCKS`).
+const NOFLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
 /// A kernel inode: node id and generation.
 type InodeKey = (Ino, Generation);
 
@@ -218,9 +224,9 @@ impl LayerFs {
         lock(&self.fh_io).insert(opened.fh.0, (inode_key, mode));
         let fh = FileHandle(opened.fh.0);
         match (mode, id) {
-            (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-            (IoMode::Direct, _) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
-            _ => reply.opened(fh, if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }),
+            (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, NOFLUSH, &id),
+            (IoMode::Direct, _) => reply.opened(fh, NOFLUSH | FopenFlags::FOPEN_DIRECT_IO),
+            _ => reply.opened(fh, if opened.keep_cache { NOFLUSH | FopenFlags::FOPEN_KEEP_CACHE } else { NOFLUSH }),
         }
     }
 
@@ -431,6 +437,7 @@ impl Filesystem for LayerFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Not sent for our opens (FOPEN_NOFLUSH); kept for kernels that ignore the flag.
         reply.ok();
     }
 
@@ -589,10 +596,12 @@ impl Filesystem for LayerFs {
                 let g = FGen(a.generation.0);
                 match (mode, id) {
                     (IoMode::Passthrough, Some(id)) => {
-                        reply.created_passthrough(&self.opts.ttl, &fa, g, fh, FopenFlags::empty(), &id)
+                        reply.created_passthrough(&self.opts.ttl, &fa, g, fh, NOFLUSH, &id)
                     }
-                    (IoMode::Direct, _) => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::FOPEN_DIRECT_IO),
-                    _ => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::empty()),
+                    (IoMode::Direct, _) => {
+                        reply.created(&self.opts.ttl, &fa, g, fh, NOFLUSH | FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    _ => reply.created(&self.opts.ttl, &fa, g, fh, NOFLUSH),
                 }
             }
             Err(err) => reply.error(e(err)),
