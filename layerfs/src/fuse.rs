@@ -72,6 +72,8 @@ pub struct LayerFs {
     core: Arc<Union>,
     opts: FsOptions,
     passthrough: AtomicBool,
+    /// The kernel skips OPENDIR/RELEASEDIR once opendir says ENOSYS.
+    no_opendir: AtomicBool,
     io: Mutex<HashMap<InodeKey, IoState>>,
     fh_io: Mutex<HashMap<u64, (InodeKey, IoMode)>>,
 }
@@ -164,6 +166,7 @@ impl LayerFs {
         LayerFs {
             core,
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             opts,
             io: Mutex::new(HashMap::new()),
             fh_io: Mutex::new(HashMap::new()),
@@ -267,6 +270,9 @@ impl Filesystem for LayerFs {
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(want & config.capabilities());
+        if config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
+            self.no_opendir.store(true, Ordering::Relaxed);
+        }
         let _ = config.set_max_write(self.opts.max_write);
         let _ = config.set_max_readahead(1 << 20);
         if self.opts.passthrough {
@@ -464,44 +470,50 @@ impl Filesystem for LayerFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel takes ENOSYS as "no OPENDIR/RELEASEDIR from now on" and caches every
+            // directory's listing (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) until it changes: all
+            // changes go through us, and the kernel drops its cache on each one.
+            return reply.error(FErrno::ENOSYS);
+        }
         match self.core.opendir(Ino(ino.0)) {
-            Ok((fh, lower_only)) => {
+            Ok(lower_only) => {
                 let flags = if lower_only {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
                 } else {
                     FopenFlags::FOPEN_CACHE_DIR
                 };
-                reply.opened(FileHandle(fh.0), flags)
+                reply.opened(FileHandle(0), flags)
             }
             Err(err) => reply.error(e(err)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.core.readdir(Fh(fh.0), offset) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let page = match self.core.readdir(Ino(ino.0), offset) {
             Ok(v) => v,
             Err(err) => return reply.error(e(err)),
         };
-        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ent.ino.0), i as u64 + 1, file_type(ent.kind), OsStr::from_bytes(&ent.name)) {
+        for (i, ent) in page.entries.iter().enumerate().skip(page.start) {
+            if reply.add(INodeNo(ent.ino.0), page.offset(i), file_type(ent.kind), OsStr::from_bytes(&ent.name)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.core.readdir(Fh(fh.0), offset) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let page = match self.core.readdir(Ino(ino.0), offset) {
             Ok(v) => v,
             Err(err) => return reply.error(e(err)),
         };
-        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, ent) in page.entries.iter().enumerate().skip(page.start) {
             let dots = ent.name == b"." || ent.name == b"..";
             let attr = if dots { self.core.getattr(ent.ino, None) } else { self.core.lookup(Ino(ino.0), &ent.name) };
             let Ok(a) = attr else { continue };
             let full = reply.add(
                 INodeNo(a.ino.0),
-                i as u64 + 1,
+                page.offset(i),
                 OsStr::from_bytes(&ent.name),
                 &self.opts.ttl,
                 &fattr(&a),
@@ -517,8 +529,7 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.core.release(Fh(fh.0));
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok();
     }
 
