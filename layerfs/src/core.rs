@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dir_lower::{attr_from_stat, is_whiteout_stat};
 use crate::error::{Errno, Result, SetupError};
@@ -223,8 +223,22 @@ pub struct BackingKey {
     pub ino: Ino,
     /// Its generation.
     pub generation: Generation,
-    /// `usize::MAX` for the upper copy, else the lower layer position.
-    pub source: usize,
+    /// Where the data is.
+    pub source: BackingSource,
+}
+
+/// The file holding an inode's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackingSource {
+    /// The upper copy.
+    Upper,
+    /// A lower file (immutable: its backing id may outlive the opens, see `fuse.rs`).
+    Lower {
+        /// Layer position.
+        layer: usize,
+        /// Inode in the layer.
+        ino: LowerIno,
+    },
 }
 
 /// Result of `open`/`create`.
@@ -240,7 +254,14 @@ pub struct Opened {
 
 enum FileSrc {
     Upper(File),
-    Lower { layer: usize, ino: LowerIno, file: Option<File> },
+    /// A lower file; `file` is its backing file, opened on first use (an open whose backing
+    /// id the kernel still holds never needs it).
+    Lower {
+        layer: usize,
+        ino: LowerIno,
+        backed: bool,
+        file: OnceLock<File>,
+    },
 }
 
 /// An open file (directories have no handle: see [`Union::readdir`]).
@@ -1820,38 +1841,51 @@ impl Union {
         let keep = flags
             & (libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
         let s = inode.state().clone();
+        let key = |source| BackingKey { ino: inode.ino, generation: inode.generation, source };
         let (src, backing, keep_cache) = if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
-            (
-                FileSrc::Upper(file),
-                Some(BackingKey { ino: inode.ino, generation: inode.generation, source: usize::MAX }),
-                false,
-            )
+            (FileSrc::Upper(file), Some(key(BackingSource::Upper)), false)
         } else {
             let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
-            let file = self.layers[lr.layer].open_backing(lr.ino)?;
-            let backing =
-                file.as_ref().map(|_| BackingKey { ino: inode.ino, generation: inode.generation, source: lr.layer });
-            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, file }, backing, !s.upper)
+            let backed = self.layers[lr.layer].has_backing(lr.ino)?;
+            let backing = backed.then(|| key(BackingSource::Lower { layer: lr.layer, ino: lr.ino }));
+            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() }, backing, !s.upper)
         };
         let fh = self.new_handle(Handle { inode: inode.clone(), src, writable });
         Ok(Opened { fh, keep_cache, backing })
     }
 
+    /// The file holding the data of an open file, if it has one of its own (opened now for a
+    /// lower file).
+    fn data_file<'a>(&self, src: &'a FileSrc) -> Result<Option<&'a File>> {
+        match src {
+            FileSrc::Upper(file) => Ok(Some(file)),
+            FileSrc::Lower { backed: false, .. } => Ok(None),
+            FileSrc::Lower { layer, ino, file, .. } => {
+                if file.get().is_none()
+                    && let Some(f) = self.layers[*layer].open_backing(*ino)?
+                {
+                    let _ = file.set(f); // a concurrent open may have won: same file
+                }
+                Ok(file.get())
+            }
+        }
+    }
+
     /// Calls `f` with the fd holding the data of an open file (for passthrough).
     pub fn with_backing_fd<T>(&self, fh: Fh, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Result<T> {
         let h = self.handle(fh)?;
-        match &h.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => Ok(f(file.as_fd())),
-            _ => Err(Errno::EINVAL),
+        match self.data_file(&h.src)? {
+            Some(file) => Ok(f(file.as_fd())),
+            None => Err(Errno::EINVAL),
         }
     }
 
     /// `read`.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.handle(fh)?;
-        match &f.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
+        match (self.data_file(&f.src)?, &f.src) {
+            (Some(file), _) => {
                 let mut buf = vec![0u8; size as usize];
                 let mut done = 0;
                 while done < buf.len() {
@@ -1864,7 +1898,8 @@ impl Union {
                 buf.truncate(done);
                 Ok(buf)
             }
-            FileSrc::Lower { layer, ino, .. } => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
+            (None, FileSrc::Lower { layer, ino, .. }) => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
         }
     }
 
@@ -1908,11 +1943,10 @@ impl Union {
     /// `lseek` for `SEEK_DATA` / `SEEK_HOLE` (others are handled by the kernel).
     pub fn lseek(&self, fh: Fh, offset: i64, whence: i32) -> Result<i64> {
         let f = self.handle(fh)?;
-        match &f.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
-                Ok(sys::lseek(file.as_fd(), offset, whence)?)
-            }
-            FileSrc::Lower { layer, ino, .. } => {
+        match (self.data_file(&f.src)?, &f.src) {
+            (Some(file), _) => Ok(sys::lseek(file.as_fd(), offset, whence)?),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
+            (None, FileSrc::Lower { layer, ino, .. }) => {
                 let l = &self.layers[*layer];
                 let size = l.getattr(*ino)?.size as i64;
                 if offset < 0 || offset >= size {
@@ -1934,11 +1968,10 @@ impl Union {
     pub fn copy_file_range(&self, fh_in: Fh, off_in: u64, fh_out: Fh, off_out: u64, len: u64) -> Result<u32> {
         let fin = self.handle(fh_in)?;
         let len = len.min(1 << 30) as usize;
-        self.with_upper_file(fh_out, |out| match &fin.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
-                Ok(sys::copy_file_range(file.as_fd(), off_in, out.as_fd(), off_out, len)? as u32)
-            }
-            FileSrc::Lower { layer, ino, .. } => {
+        self.with_upper_file(fh_out, |out| match (self.data_file(&fin.src)?, &fin.src) {
+            (Some(file), _) => Ok(sys::copy_file_range(file.as_fd(), off_in, out.as_fd(), off_out, len)? as u32),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
+            (None, FileSrc::Lower { layer, ino, .. }) => {
                 let data = self.layers[*layer].read(*ino, off_in, len.min(1 << 20) as u32)?;
                 out.write_all_at(&data, off_out)?;
                 Ok(data.len() as u32)

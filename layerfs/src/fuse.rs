@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +19,11 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Attr, BackingKey, Ctx, Opened, SetAttr, Union};
+use crate::core::{Attr, BackingKey, BackingSource, Ctx, Opened, SetAttr, Union};
 use crate::error::Errno;
 use crate::ino::{Fh, Generation, Ino};
 use crate::inode::lock;
-use crate::lower::{FileKind, Timespec};
+use crate::lower::{FileKind, LowerIno, Timespec};
 use crate::sys::SetTime;
 
 /// Kernel-facing settings.
@@ -64,6 +65,9 @@ enum IoMode {
 /// away, and locks are the kernel's own (no `FUSE_POSIX_LOCKS`).
 const NOFLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
 
+/// Backing ids of closed lower files kept registered (each pins an open file in the kernel).
+const LOWER_BACKING_IDS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(2048).unwrap();
+
 /// A kernel inode: node id and generation.
 type InodeKey = (Ino, Generation);
 
@@ -75,6 +79,8 @@ pub struct LayerFs {
     /// The kernel skips OPENDIR/RELEASEDIR once opendir says ENOSYS.
     no_opendir: AtomicBool,
     io: Mutex<HashMap<InodeKey, IoState>>,
+    /// Backing ids of lower files, kept after their last close (leaf lock, taken under `io`).
+    lower_ids: Mutex<lru::LruCache<(usize, LowerIno), Arc<BackingId>>>,
     fh_io: Mutex<HashMap<u64, (InodeKey, IoMode)>>,
 }
 
@@ -169,6 +175,7 @@ impl LayerFs {
             no_opendir: AtomicBool::new(false),
             opts,
             io: Mutex::new(HashMap::new()),
+            lower_ids: Mutex::new(lru::LruCache::new(LOWER_BACKING_IDS)),
             fh_io: Mutex::new(HashMap::new()),
         }
     }
@@ -180,50 +187,79 @@ impl LayerFs {
     /// Picks the I/O mode of a new open and, for passthrough, the shared backing id. The
     /// kernel refuses mixing cached and passthrough opens of one inode, and two different
     /// backing files (after a copy-up): those opens fall back to direct I/O.
+    ///
+    /// Backing ids of lower files stay registered after their last close (bounded LRU): the
+    /// file cannot change, and the next open of it (a program started again) then needs no
+    /// open of the file and no ioctl. `open_backing` opens the file and registers it: its
+    /// outer error fails the open (the file is missing), its inner one means the kernel
+    /// refuses passthrough (then the daemon serves the data from now on).
     fn open_mode(
         &self,
         key: (Ino, Generation),
         opened: &Opened,
-        open_backing: &dyn Fn(Fh) -> io::Result<BackingId>,
-    ) -> (IoMode, Option<Arc<BackingId>>) {
+        open_backing: &dyn Fn(Fh) -> Result<io::Result<BackingId>, Errno>,
+    ) -> Result<(IoMode, Option<Arc<BackingId>>), Errno> {
         let mut io = lock(&self.io);
         let st = io.entry(key).or_default();
-        let want_pt = self.passthrough.load(Ordering::Relaxed) && opened.backing.is_some();
-        if want_pt && st.cached == 0 {
-            let bkey = opened.backing.unwrap_or(BackingKey { ino: key.0, generation: key.1, source: 0 });
+        if let Some(bkey) = opened.backing.filter(|_| self.passthrough.load(Ordering::Relaxed) && st.cached == 0) {
             match &st.backing {
                 Some((k, id)) if *k == bkey => {
                     st.passthrough += 1;
-                    return (IoMode::Passthrough, Some(id.clone()));
+                    return Ok((IoMode::Passthrough, Some(id.clone())));
                 }
-                Some(_) => return (IoMode::Direct, None),
-                None => match open_backing(opened.fh) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        st.backing = Some((bkey, id.clone()));
-                        st.passthrough += 1;
-                        return (IoMode::Passthrough, Some(id));
+                Some(_) => return Ok((IoMode::Direct, None)),
+                None => {
+                    let lower = match bkey.source {
+                        BackingSource::Lower { layer, ino } => Some((layer, ino)),
+                        BackingSource::Upper => None,
+                    };
+                    let cached = lower.and_then(|l| lock(&self.lower_ids).get(&l).cloned());
+                    let id = match cached {
+                        Some(id) => Ok(id),
+                        None => open_backing(opened.fh)?.map(Arc::new),
+                    };
+                    match id {
+                        Ok(id) => {
+                            if let Some(l) = lower {
+                                lock(&self.lower_ids).put(l, id.clone());
+                            }
+                            st.backing = Some((bkey, id.clone()));
+                            st.passthrough += 1;
+                            return Ok((IoMode::Passthrough, Some(id)));
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "FUSE passthrough unavailable: serving reads and writes from the daemon");
+                            self.passthrough.store(false, Ordering::Relaxed);
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "FUSE passthrough unavailable: serving reads and writes from the daemon");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                    }
-                },
+                }
             }
         }
         if st.passthrough > 0 {
-            return (IoMode::Direct, None);
+            return Ok((IoMode::Direct, None));
         }
         st.cached += 1;
-        (IoMode::Cached, None)
+        Ok((IoMode::Cached, None))
+    }
+
+    /// Registers the data file of open file `fh` as a backing file.
+    fn register(
+        &self,
+        fh: Fh,
+        open: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Result<io::Result<BackingId>, Errno> {
+        self.core.with_backing_fd(fh, open)
     }
 
     fn open_reply(&self, inode_key: (Ino, Generation), opened: Opened, reply: ReplyOpen) {
-        let core = self.core.clone();
-        let ob = |fh: Fh| -> io::Result<BackingId> {
-            core.with_backing_fd(fh, |fd| reply.open_backing(fd)).map_err(|e| io::Error::from_raw_os_error(e.code()))?
+        let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
+        let (mode, id) = match self.open_mode(inode_key, &opened, &ob) {
+            Ok(m) => m,
+            Err(err) => {
+                self.core.release(opened.fh);
+                return reply.error(e(err));
+            }
         };
-        let (mode, id) = self.open_mode(inode_key, &opened, &ob);
         lock(&self.fh_io).insert(opened.fh.0, (inode_key, mode));
         let fh = FileHandle(opened.fh.0);
         match (mode, id) {
@@ -244,7 +280,9 @@ impl LayerFs {
                 IoMode::Passthrough => {
                     st.passthrough = st.passthrough.saturating_sub(1);
                     if st.passthrough == 0 {
-                        st.backing = None; // closes the backing id with the last open
+                        // Closes an upper backing id with the last open (lower ones stay in
+                        // `lower_ids` until evicted).
+                        st.backing = None;
                     }
                 }
                 IoMode::Direct => {}
@@ -595,12 +633,14 @@ impl Filesystem for LayerFs {
         match self.core.create(&ctx(req), Ino(parent.0), name.as_bytes(), mode, flags) {
             Ok((a, opened)) => {
                 let key = (a.ino, a.generation);
-                let core = self.core.clone();
-                let ob = |fh: Fh| -> io::Result<BackingId> {
-                    core.with_backing_fd(fh, |fd| reply.open_backing(fd))
-                        .map_err(|e| io::Error::from_raw_os_error(e.code()))?
+                let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
+                let (mode, id) = match self.open_mode(key, &opened, &ob) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        self.core.release(opened.fh);
+                        return reply.error(e(err));
+                    }
                 };
-                let (mode, id) = self.open_mode(key, &opened, &ob);
                 lock(&self.fh_io).insert(opened.fh.0, (key, mode));
                 let fh = FileHandle(opened.fh.0);
                 let fa = fattr(&a);
