@@ -14,7 +14,7 @@ use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dir_lower::{attr_from_stat, is_whiteout_stat};
 use crate::error::{Errno, Result, SetupError};
@@ -80,6 +80,109 @@ pub struct DirEntry {
     pub kind: FileKind,
 }
 
+/// Part of a directory listing (see [`Union::readdir`]).
+#[derive(Clone, Debug)]
+pub struct DirPage {
+    /// The whole listing ("." and ".." first).
+    pub entries: Arc<Vec<DirEntry>>,
+    /// Index of the first entry to return.
+    pub start: usize,
+    id: ListingId,
+}
+
+impl DirPage {
+    /// The offset that continues the listing after `entries[i]`.
+    pub fn offset(&self, i: usize) -> u64 {
+        self.id.encode(i + 1, self.entries.len())
+    }
+}
+
+/// The id of a listing snapshot, carried by its offsets. Offsets stay below 2^31 (a 32-bit
+/// `off_t`, as 32-bit programs see it) for listings of up to 2^21 entries: the id in bits
+/// 21..31 (1..=1023), the position in bits 0..21. Longer listings use 64-bit offsets: id in
+/// the high half.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ListingId(u32);
+
+const POS_BITS: u32 = 21;
+const SHORT_IDS: u32 = 1023;
+
+impl ListingId {
+    const NONE: ListingId = ListingId(0);
+
+    fn encode(self, pos: usize, len: usize) -> u64 {
+        if len < 1 << POS_BITS && self.0 <= SHORT_IDS {
+            u64::from(self.0) << POS_BITS | pos as u64
+        } else {
+            u64::from(self.0) << 32 | pos as u64
+        }
+    }
+
+    fn decode(offset: u64) -> (ListingId, usize) {
+        if offset >> 31 == 0 {
+            (ListingId((offset >> POS_BITS) as u32), (offset & ((1 << POS_BITS) - 1)) as usize)
+        } else {
+            (ListingId((offset >> 32) as u32), (offset & 0xffff_ffff) as usize)
+        }
+    }
+}
+
+/// Listing snapshots by id (a leaf lock).
+struct Listings {
+    map: lru::LruCache<ListingId, (Ino, Arc<Vec<DirEntry>>)>,
+    entries: usize,
+    next_short: u32,
+    next_long: u32,
+}
+
+/// At most this many entries are held in snapshots (beyond it the oldest go).
+const LISTING_ENTRIES: usize = 1 << 18;
+
+impl Listings {
+    fn new() -> Listings {
+        Listings {
+            map: lru::LruCache::new(NonZeroUsize::new(SHORT_IDS as usize).unwrap_or(NonZeroUsize::MIN)),
+            entries: 0,
+            next_short: 0,
+            next_long: SHORT_IDS,
+        }
+    }
+
+    fn get(&mut self, id: ListingId, dir: Ino) -> Option<Arc<Vec<DirEntry>>> {
+        match self.map.get(&id) {
+            Some((d, l)) if *d == dir => Some(l.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, id: ListingId) {
+        if let Some((_, l)) = self.map.pop(&id) {
+            self.entries -= l.len();
+        }
+    }
+
+    fn insert(&mut self, dir: Ino, l: Arc<Vec<DirEntry>>) -> ListingId {
+        let id = if l.len() < 1 << POS_BITS {
+            self.next_short = self.next_short % SHORT_IDS + 1;
+            ListingId(self.next_short)
+        } else {
+            self.next_long = self.next_long.checked_add(1).filter(|n| *n < 1 << 31).unwrap_or(SHORT_IDS + 1);
+            ListingId(self.next_long)
+        };
+        self.remove(id);
+        self.entries += l.len();
+        if let Some((_, (_, old))) = self.map.push(id, (dir, l)) {
+            self.entries -= old.len();
+        }
+        while self.entries > LISTING_ENTRIES && self.map.len() > 1 {
+            if let Some((_, (_, old))) = self.map.pop_lru() {
+                self.entries -= old.len();
+            }
+        }
+        id
+    }
+}
+
 /// What `setattr` changes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SetAttr {
@@ -120,8 +223,22 @@ pub struct BackingKey {
     pub ino: Ino,
     /// Its generation.
     pub generation: Generation,
-    /// `usize::MAX` for the upper copy, else the lower layer position.
-    pub source: usize,
+    /// Where the data is.
+    pub source: BackingSource,
+}
+
+/// The file holding an inode's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BackingSource {
+    /// The upper copy.
+    Upper,
+    /// A lower file (immutable: its backing id may outlive the opens, see `fuse.rs`).
+    Lower {
+        /// Layer position.
+        layer: usize,
+        /// Inode in the layer.
+        ino: LowerIno,
+    },
 }
 
 /// Result of `open`/`create`.
@@ -137,23 +254,21 @@ pub struct Opened {
 
 enum FileSrc {
     Upper(File),
-    Lower { layer: usize, ino: LowerIno, file: Option<File> },
+    /// A lower file; `file` is its backing file, opened on first use (an open whose backing
+    /// id the kernel still holds never needs it).
+    Lower {
+        layer: usize,
+        ino: LowerIno,
+        backed: bool,
+        file: OnceLock<File>,
+    },
 }
 
-struct FileHandle {
+/// An open file (directories have no handle: see [`Union::readdir`]).
+struct Handle {
     inode: Arc<Inode>,
     src: FileSrc,
     writable: bool,
-}
-
-struct DirHandle {
-    inode: Arc<Inode>,
-    snapshot: Mutex<Option<Arc<Vec<DirEntry>>>>,
-}
-
-enum Handle {
-    File(FileHandle),
-    Dir(DirHandle),
 }
 
 /// How to reach an upper object: a directory fd and a name, or an fd to the object itself.
@@ -211,6 +326,7 @@ pub struct Union {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_fh: AtomicU64,
     dir_fds: Mutex<lru::LruCache<Ino, (Generation, Arc<OwnedFd>)>>,
+    listings: Mutex<Listings>,
 }
 
 impl std::fmt::Debug for Union {
@@ -325,6 +441,7 @@ impl Union {
             handles: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             dir_fds: Mutex::new(lru::LruCache::new(NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN))),
+            listings: Mutex::new(Listings::new()),
         })
     }
 
@@ -707,8 +824,7 @@ impl Union {
     /// `getattr`; with an open handle, asks the open file (works for unlinked files).
     pub fn getattr(&self, ino: Ino, fh: Option<Fh>) -> Result<Attr> {
         if let Some(fh) = fh
-            && let Ok(h) = self.handle(fh)
-            && let Handle::File(f) = &*h
+            && let Ok(f) = self.handle(fh)
             && let FileSrc::Upper(file) = &f.src
             && f.inode.ino == ino
         {
@@ -1570,11 +1686,8 @@ impl Union {
             if inode.kind.is_dir() {
                 return Err(Errno::EISDIR);
             }
-            let via_handle = s.fh.and_then(|fh| self.handle(fh).ok()).and_then(|h| match &*h {
-                Handle::File(f) if f.writable => match &f.src {
-                    FileSrc::Upper(file) => Some(file.set_len(size)),
-                    _ => None,
-                },
+            let via_handle = s.fh.and_then(|fh| self.handle(fh).ok()).and_then(|f| match &f.src {
+                FileSrc::Upper(file) if f.writable => Some(file.set_len(size)),
                 _ => None,
             });
             match via_handle {
@@ -1728,42 +1841,51 @@ impl Union {
         let keep = flags
             & (libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
         let s = inode.state().clone();
+        let key = |source| BackingKey { ino: inode.ino, generation: inode.generation, source };
         let (src, backing, keep_cache) = if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
-            (
-                FileSrc::Upper(file),
-                Some(BackingKey { ino: inode.ino, generation: inode.generation, source: usize::MAX }),
-                false,
-            )
+            (FileSrc::Upper(file), Some(key(BackingSource::Upper)), false)
         } else {
             let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
-            let file = self.layers[lr.layer].open_backing(lr.ino)?;
-            let backing =
-                file.as_ref().map(|_| BackingKey { ino: inode.ino, generation: inode.generation, source: lr.layer });
-            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, file }, backing, !s.upper)
+            let backed = self.layers[lr.layer].has_backing(lr.ino)?;
+            let backing = backed.then(|| key(BackingSource::Lower { layer: lr.layer, ino: lr.ino }));
+            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() }, backing, !s.upper)
         };
-        let fh = self.new_handle(Handle::File(FileHandle { inode: inode.clone(), src, writable }));
+        let fh = self.new_handle(Handle { inode: inode.clone(), src, writable });
         Ok(Opened { fh, keep_cache, backing })
+    }
+
+    /// The file holding the data of an open file, if it has one of its own (opened now for a
+    /// lower file).
+    fn data_file<'a>(&self, src: &'a FileSrc) -> Result<Option<&'a File>> {
+        match src {
+            FileSrc::Upper(file) => Ok(Some(file)),
+            FileSrc::Lower { backed: false, .. } => Ok(None),
+            FileSrc::Lower { layer, ino, file, .. } => {
+                if file.get().is_none()
+                    && let Some(f) = self.layers[*layer].open_backing(*ino)?
+                {
+                    let _ = file.set(f); // a concurrent open may have won: same file
+                }
+                Ok(file.get())
+            }
+        }
     }
 
     /// Calls `f` with the fd holding the data of an open file (for passthrough).
     pub fn with_backing_fd<T>(&self, fh: Fh, f: impl FnOnce(BorrowedFd<'_>) -> T) -> Result<T> {
         let h = self.handle(fh)?;
-        match &*h {
-            Handle::File(FileHandle { src: FileSrc::Upper(file), .. })
-            | Handle::File(FileHandle { src: FileSrc::Lower { file: Some(file), .. }, .. }) => Ok(f(file.as_fd())),
-            _ => Err(Errno::EINVAL),
+        match self.data_file(&h.src)? {
+            Some(file) => Ok(f(file.as_fd())),
+            None => Err(Errno::EINVAL),
         }
     }
 
     /// `read`.
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
-        let h = self.handle(fh)?;
-        let Handle::File(f) = &*h else {
-            return Err(Errno::EISDIR);
-        };
-        match &f.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
+        let f = self.handle(fh)?;
+        match (self.data_file(&f.src)?, &f.src) {
+            (Some(file), _) => {
                 let mut buf = vec![0u8; size as usize];
                 let mut done = 0;
                 while done < buf.len() {
@@ -1776,23 +1898,15 @@ impl Union {
                 buf.truncate(done);
                 Ok(buf)
             }
-            FileSrc::Lower { layer, ino, .. } => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
-        }
-    }
-
-    fn upper_file(&self, fh: Fh) -> Result<(Arc<Handle>, ())> {
-        let h = self.handle(fh)?;
-        match &*h {
-            Handle::File(FileHandle { src: FileSrc::Upper(_), .. }) => Ok((h, ())),
-            Handle::File(_) => Err(Errno::EBADF),
-            Handle::Dir(_) => Err(Errno::EISDIR),
+            (None, FileSrc::Lower { layer, ino, .. }) => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
         }
     }
 
     fn with_upper_file<T>(&self, fh: Fh, f: impl FnOnce(&File) -> Result<T>) -> Result<T> {
-        let (h, ()) = self.upper_file(fh)?;
-        match &*h {
-            Handle::File(FileHandle { src: FileSrc::Upper(file), .. }) => f(file),
+        let h = self.handle(fh)?;
+        match &h.src {
+            FileSrc::Upper(file) => f(file),
             _ => Err(Errno::EBADF),
         }
     }
@@ -1828,15 +1942,11 @@ impl Union {
 
     /// `lseek` for `SEEK_DATA` / `SEEK_HOLE` (others are handled by the kernel).
     pub fn lseek(&self, fh: Fh, offset: i64, whence: i32) -> Result<i64> {
-        let h = self.handle(fh)?;
-        let Handle::File(f) = &*h else {
-            return Err(Errno::EISDIR);
-        };
-        match &f.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
-                Ok(sys::lseek(file.as_fd(), offset, whence)?)
-            }
-            FileSrc::Lower { layer, ino, .. } => {
+        let f = self.handle(fh)?;
+        match (self.data_file(&f.src)?, &f.src) {
+            (Some(file), _) => Ok(sys::lseek(file.as_fd(), offset, whence)?),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
+            (None, FileSrc::Lower { layer, ino, .. }) => {
                 let l = &self.layers[*layer];
                 let size = l.getattr(*ino)?.size as i64;
                 if offset < 0 || offset >= size {
@@ -1856,16 +1966,12 @@ impl Union {
 
     /// `copy_file_range` between two open files.
     pub fn copy_file_range(&self, fh_in: Fh, off_in: u64, fh_out: Fh, off_out: u64, len: u64) -> Result<u32> {
-        let hin = self.handle(fh_in)?;
-        let Handle::File(fin) = &*hin else {
-            return Err(Errno::EISDIR);
-        };
+        let fin = self.handle(fh_in)?;
         let len = len.min(1 << 30) as usize;
-        self.with_upper_file(fh_out, |out| match &fin.src {
-            FileSrc::Upper(file) | FileSrc::Lower { file: Some(file), .. } => {
-                Ok(sys::copy_file_range(file.as_fd(), off_in, out.as_fd(), off_out, len)? as u32)
-            }
-            FileSrc::Lower { layer, ino, .. } => {
+        self.with_upper_file(fh_out, |out| match (self.data_file(&fin.src)?, &fin.src) {
+            (Some(file), _) => Ok(sys::copy_file_range(file.as_fd(), off_in, out.as_fd(), off_out, len)? as u32),
+            (None, FileSrc::Upper(_)) => Err(Errno::EIO),
+            (None, FileSrc::Lower { layer, ino, .. }) => {
                 let data = self.layers[*layer].read(*ino, off_in, len.min(1 << 20) as u32)?;
                 out.write_all_at(&data, off_out)?;
                 Ok(data.len() as u32)
@@ -1873,36 +1979,52 @@ impl Union {
         })
     }
 
-    /// `release` / `releasedir`.
+    /// `release`.
     pub fn release(&self, fh: Fh) {
         lock(&self.handles).remove(&fh.0);
     }
 
     // ----- directories -------------------------------------------------------------------
 
-    /// `opendir`.
-    pub fn opendir(&self, ino: Ino) -> Result<(Fh, bool)> {
+    /// `opendir`: checks the directory; true when nothing of it is in the upper (its listing
+    /// cannot change behind the kernel). No handle: listings are found by their offsets (see
+    /// [`Union::readdir`]), so the kernel may skip OPENDIR/RELEASEDIR altogether.
+    pub fn opendir(&self, ino: Ino) -> Result<bool> {
         let inode = self.inode(ino)?;
         if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let lower_only = !inode.state().upper;
-        Ok((self.new_handle(Handle::Dir(DirHandle { inode, snapshot: Mutex::new(None) })), lower_only))
+        Ok(!inode.state().upper)
     }
 
-    /// Entries of an open directory from `offset` (0 = start; each entry's offset is its index
-    /// plus one). The listing is a snapshot taken at offset 0, so offsets are stable and
-    /// nothing is skipped or repeated while the directory changes.
-    pub fn readdir(&self, fh: Fh, offset: u64) -> Result<Arc<Vec<DirEntry>>> {
-        let h = self.handle(fh)?;
-        let Handle::Dir(d) = &*h else {
+    /// Entries of directory `dir` from `offset` (0 = start; otherwise an offset this method
+    /// handed out, see [`DirPage::offset`]).
+    ///
+    /// A listing is a snapshot taken at offset 0 and kept under a small id that every offset
+    /// of the listing carries, so a reader that goes on (or seeks back) reads the same snapshot:
+    /// nothing is skipped or repeated while the directory changes, and two readers of one
+    /// directory never mix their listings. Snapshots are dropped when read to the end, or
+    /// when too many are held (least recently used first); a reader whose snapshot is gone
+    /// gets a fresh one, from the same position.
+    pub fn readdir(&self, dir: Ino, offset: u64) -> Result<DirPage> {
+        let inode = self.inode(dir)?;
+        if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
-        };
-        let mut snap = lock(&d.snapshot);
-        if offset == 0 || snap.is_none() {
-            *snap = Some(Arc::new(self.snapshot(&d.inode, usize::MAX)?));
         }
-        Ok(snap.clone().unwrap_or_default())
+        let (id, start) = if offset == 0 { (ListingId::NONE, 0) } else { ListingId::decode(offset) };
+        if id != ListingId::NONE {
+            let mut t = lock(&self.listings);
+            if let Some(l) = t.get(id, dir) {
+                if start >= l.len() {
+                    t.remove(id);
+                }
+                return Ok(DirPage { entries: l, start, id });
+            }
+        }
+        let entries = Arc::new(self.snapshot(&inode, usize::MAX)?);
+        let id =
+            if start >= entries.len() { ListingId::NONE } else { lock(&self.listings).insert(dir, entries.clone()) };
+        Ok(DirPage { entries, start, id })
     }
 
     /// The merged listing of `dir` ("." and ".." first), at most `limit` entries.
@@ -2049,9 +2171,7 @@ mod tests {
     }
 
     fn names(u: &Union, ino: Ino) -> Vec<String> {
-        let (fh, _) = u.opendir(ino).unwrap();
-        let v = u.readdir(fh, 0).unwrap();
-        u.release(fh);
+        let v = u.readdir(ino, 0).unwrap().entries;
         let mut n: Vec<String> = v[2..].iter().map(|e| String::from_utf8_lossy(&e.name).into_owned()).collect();
         n.sort();
         n
@@ -2103,8 +2223,7 @@ mod tests {
         let b = path_ino(u, "b").unwrap();
         assert_eq!(names(u, b.ino), ["only"]);
         // d_ino == st_ino for every entry.
-        let (fh, _) = u.opendir(a.ino).unwrap();
-        for e in u.readdir(fh, 0).unwrap()[2..].iter() {
+        for e in u.readdir(a.ino, 0).unwrap().entries[2..].iter() {
             assert_eq!(u.lookup(a.ino, &e.name).unwrap().ino, e.ino);
         }
         // Unique across layers.
@@ -2154,8 +2273,7 @@ mod tests {
         let u = &f.u;
         let t3 = path_ino(u, "a/bottom.txt").unwrap();
         assert_eq!((t3.ino, t3.uid), (t.ino, 5));
-        let (fh, _) = u.opendir(path_ino(u, "a").unwrap().ino).unwrap();
-        let e = u.readdir(fh, 0).unwrap();
+        let e = u.readdir(path_ino(u, "a").unwrap().ino, 0).unwrap().entries;
         assert!(e.iter().any(|e| e.name == b"bottom.txt" && e.ino == t.ino));
     }
 
@@ -2311,6 +2429,40 @@ mod tests {
         let u = &f.u;
         assert_eq!(path_ino(u, "big").unwrap().nlink, 1);
         assert_eq!(read_all(u, path_ino(u, "big").unwrap().ino).len(), 10000);
+    }
+
+    #[test]
+    fn listings_keep_their_snapshot_until_read_to_the_end() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        let p1 = u.readdir(a.ino, 0).unwrap();
+        assert_eq!(p1.entries.len(), 4);
+        let mid = p1.offset(2);
+        assert!(mid < 1 << 31, "short listings keep 32-bit offsets");
+        let (_, o) = u.create(&CTX, a.ino, b"zz", 0o644, libc::O_WRONLY).unwrap();
+        u.release(o.fh);
+        let p2 = u.readdir(a.ino, 0).unwrap();
+        assert!(p2.entries.iter().any(|e| e.name == b"zz"));
+        // The first reader goes on in its own snapshot.
+        let p1b = u.readdir(a.ino, mid).unwrap();
+        assert!(Arc::ptr_eq(&p1.entries, &p1b.entries));
+        assert_eq!(p1b.start, 3);
+        let end = u.readdir(a.ino, p1.offset(3)).unwrap();
+        assert_eq!(end.start, end.entries.len());
+        // Read to the end: gone; going on from an old offset gets a fresh snapshot.
+        let again = u.readdir(a.ino, mid).unwrap();
+        assert!(!Arc::ptr_eq(&p1.entries, &again.entries));
+        assert_eq!(again.start, 3);
+        // Offsets of another directory's listing are not mixed up with this one's.
+        let root = u.readdir(Ino::ROOT, 0).unwrap();
+        let other = u.readdir(a.ino, root.offset(1)).unwrap();
+        assert!(!Arc::ptr_eq(&root.entries, &other.entries));
+        for (id, pos, len) in [(1, 1, 10), (SHORT_IDS, 5, (1 << POS_BITS) - 1), (SHORT_IDS + 7, 1 << 22, 1 << 23)] {
+            let off = ListingId(id).encode(pos, len);
+            assert_eq!(ListingId::decode(off), (ListingId(id), pos));
+            assert_eq!(off < 1 << 31, len < 1 << POS_BITS);
+        }
     }
 
     #[test]

@@ -278,6 +278,11 @@ impl Lower for DirLower {
         })
     }
 
+    fn has_backing(&self, _ino: LowerIno) -> Result<bool> {
+        // Every regular file of a directory is a file of its own.
+        Ok(true)
+    }
+
     fn describe(&self) -> String {
         self.path.display().to_string()
     }

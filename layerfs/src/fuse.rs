@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,11 +19,11 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use crate::core::{Attr, BackingKey, Ctx, Opened, SetAttr, Union};
+use crate::core::{Attr, BackingKey, BackingSource, Ctx, Opened, SetAttr, Union};
 use crate::error::Errno;
 use crate::ino::{Fh, Generation, Ino};
 use crate::inode::lock;
-use crate::lower::{FileKind, Timespec};
+use crate::lower::{FileKind, LowerIno, Timespec};
 use crate::sys::SetTime;
 
 /// Kernel-facing settings.
@@ -58,6 +59,15 @@ enum IoMode {
     Passthrough,
 }
 
+/// Every file open says `FOPEN_NOFLUSH`: a `close` costs no FLUSH round trip. Nothing needs
+/// it: writes are synchronous (passthrough, or written through by the kernel without a
+/// writeback cache), dirty pages of shared mappings are written back when the mapping goes
+/// away, and locks are the kernel's own (no `FUSE_POSIX_LOCKS`).
+const NOFLUSH: FopenFlags = FopenFlags::FOPEN_NOFLUSH;
+
+/// Backing ids of closed lower files kept registered (each pins an open file in the kernel).
+const LOWER_BACKING_IDS: std::num::NonZeroUsize = std::num::NonZeroUsize::new(2048).unwrap();
+
 /// A kernel inode: node id and generation.
 type InodeKey = (Ino, Generation);
 
@@ -66,7 +76,11 @@ pub struct LayerFs {
     core: Arc<Union>,
     opts: FsOptions,
     passthrough: AtomicBool,
+    /// The kernel skips OPENDIR/RELEASEDIR once opendir says ENOSYS.
+    no_opendir: AtomicBool,
     io: Mutex<HashMap<InodeKey, IoState>>,
+    /// Backing ids of lower files, kept after their last close (leaf lock, taken under `io`).
+    lower_ids: Mutex<lru::LruCache<(usize, LowerIno), Arc<BackingId>>>,
     fh_io: Mutex<HashMap<u64, (InodeKey, IoMode)>>,
 }
 
@@ -158,8 +172,10 @@ impl LayerFs {
         LayerFs {
             core,
             passthrough: AtomicBool::new(false),
+            no_opendir: AtomicBool::new(false),
             opts,
             io: Mutex::new(HashMap::new()),
+            lower_ids: Mutex::new(lru::LruCache::new(LOWER_BACKING_IDS)),
             fh_io: Mutex::new(HashMap::new()),
         }
     }
@@ -171,56 +187,85 @@ impl LayerFs {
     /// Picks the I/O mode of a new open and, for passthrough, the shared backing id. The
     /// kernel refuses mixing cached and passthrough opens of one inode, and two different
     /// backing files (after a copy-up): those opens fall back to direct I/O.
+    ///
+    /// Backing ids of lower files stay registered after their last close (bounded LRU): the
+    /// file cannot change, and the next open of it (a program started again) then needs no
+    /// open of the file and no ioctl. `open_backing` opens the file and registers it: its
+    /// outer error fails the open (the file is missing), its inner one means the kernel
+    /// refuses passthrough (then the daemon serves the data from now on).
     fn open_mode(
         &self,
         key: (Ino, Generation),
         opened: &Opened,
-        open_backing: &dyn Fn(Fh) -> io::Result<BackingId>,
-    ) -> (IoMode, Option<Arc<BackingId>>) {
+        open_backing: &dyn Fn(Fh) -> Result<io::Result<BackingId>, Errno>,
+    ) -> Result<(IoMode, Option<Arc<BackingId>>), Errno> {
         let mut io = lock(&self.io);
         let st = io.entry(key).or_default();
-        let want_pt = self.passthrough.load(Ordering::Relaxed) && opened.backing.is_some();
-        if want_pt && st.cached == 0 {
-            let bkey = opened.backing.unwrap_or(BackingKey { ino: key.0, generation: key.1, source: 0 });
+        if let Some(bkey) = opened.backing.filter(|_| self.passthrough.load(Ordering::Relaxed) && st.cached == 0) {
             match &st.backing {
                 Some((k, id)) if *k == bkey => {
                     st.passthrough += 1;
-                    return (IoMode::Passthrough, Some(id.clone()));
+                    return Ok((IoMode::Passthrough, Some(id.clone())));
                 }
-                Some(_) => return (IoMode::Direct, None),
-                None => match open_backing(opened.fh) {
-                    Ok(id) => {
-                        let id = Arc::new(id);
-                        st.backing = Some((bkey, id.clone()));
-                        st.passthrough += 1;
-                        return (IoMode::Passthrough, Some(id));
+                Some(_) => return Ok((IoMode::Direct, None)),
+                None => {
+                    let lower = match bkey.source {
+                        BackingSource::Lower { layer, ino } => Some((layer, ino)),
+                        BackingSource::Upper => None,
+                    };
+                    let cached = lower.and_then(|l| lock(&self.lower_ids).get(&l).cloned());
+                    let id = match cached {
+                        Some(id) => Ok(id),
+                        None => open_backing(opened.fh)?.map(Arc::new),
+                    };
+                    match id {
+                        Ok(id) => {
+                            if let Some(l) = lower {
+                                lock(&self.lower_ids).put(l, id.clone());
+                            }
+                            st.backing = Some((bkey, id.clone()));
+                            st.passthrough += 1;
+                            return Ok((IoMode::Passthrough, Some(id)));
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "FUSE passthrough unavailable: serving reads and writes from the daemon");
+                            self.passthrough.store(false, Ordering::Relaxed);
+                        }
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "FUSE passthrough unavailable: serving reads and writes from the daemon");
-                        self.passthrough.store(false, Ordering::Relaxed);
-                    }
-                },
+                }
             }
         }
         if st.passthrough > 0 {
-            return (IoMode::Direct, None);
+            return Ok((IoMode::Direct, None));
         }
         st.cached += 1;
-        (IoMode::Cached, None)
+        Ok((IoMode::Cached, None))
+    }
+
+    /// Registers the data file of open file `fh` as a backing file.
+    fn register(
+        &self,
+        fh: Fh,
+        open: impl FnOnce(BorrowedFd<'_>) -> io::Result<BackingId>,
+    ) -> Result<io::Result<BackingId>, Errno> {
+        self.core.with_backing_fd(fh, open)
     }
 
     fn open_reply(&self, inode_key: (Ino, Generation), opened: Opened, reply: ReplyOpen) {
-        let core = self.core.clone();
-        let ob = |fh: Fh| -> io::Result<BackingId> {
-            core.with_backing_fd(fh, |fd| reply.open_backing(fd)).map_err(|e| io::Error::from_raw_os_error(e.code()))?
+        let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
+        let (mode, id) = match self.open_mode(inode_key, &opened, &ob) {
+            Ok(m) => m,
+            Err(err) => {
+                self.core.release(opened.fh);
+                return reply.error(e(err));
+            }
         };
-        let (mode, id) = self.open_mode(inode_key, &opened, &ob);
         lock(&self.fh_io).insert(opened.fh.0, (inode_key, mode));
         let fh = FileHandle(opened.fh.0);
         match (mode, id) {
-            (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, FopenFlags::empty(), &id),
-            (IoMode::Direct, _) => reply.opened(fh, FopenFlags::FOPEN_DIRECT_IO),
-            _ => reply.opened(fh, if opened.keep_cache { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() }),
+            (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, NOFLUSH, &id),
+            (IoMode::Direct, _) => reply.opened(fh, NOFLUSH | FopenFlags::FOPEN_DIRECT_IO),
+            _ => reply.opened(fh, if opened.keep_cache { NOFLUSH | FopenFlags::FOPEN_KEEP_CACHE } else { NOFLUSH }),
         }
     }
 
@@ -235,7 +280,9 @@ impl LayerFs {
                 IoMode::Passthrough => {
                     st.passthrough = st.passthrough.saturating_sub(1);
                     if st.passthrough == 0 {
-                        st.backing = None; // closes the backing id with the last open
+                        // Closes an upper backing id with the last open (lower ones stay in
+                        // `lower_ids` until evicted).
+                        st.backing = None;
                     }
                 }
                 IoMode::Direct => {}
@@ -261,6 +308,9 @@ impl Filesystem for LayerFs {
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(want & config.capabilities());
+        if config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
+            self.no_opendir.store(true, Ordering::Relaxed);
+        }
         let _ = config.set_max_write(self.opts.max_write);
         let _ = config.set_max_readahead(1 << 20);
         if self.opts.passthrough {
@@ -431,6 +481,7 @@ impl Filesystem for LayerFs {
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        // Not sent for our opens (FOPEN_NOFLUSH); kept for kernels that ignore the flag.
         reply.ok();
     }
 
@@ -457,44 +508,50 @@ impl Filesystem for LayerFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        if self.no_opendir.load(Ordering::Relaxed) {
+            // The kernel takes ENOSYS as "no OPENDIR/RELEASEDIR from now on" and caches every
+            // directory's listing (FOPEN_KEEP_CACHE | FOPEN_CACHE_DIR) until it changes: all
+            // changes go through us, and the kernel drops its cache on each one.
+            return reply.error(FErrno::ENOSYS);
+        }
         match self.core.opendir(Ino(ino.0)) {
-            Ok((fh, lower_only)) => {
+            Ok(lower_only) => {
                 let flags = if lower_only {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR
                 } else {
                     FopenFlags::FOPEN_CACHE_DIR
                 };
-                reply.opened(FileHandle(fh.0), flags)
+                reply.opened(FileHandle(0), flags)
             }
             Err(err) => reply.error(e(err)),
         }
     }
 
-    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.core.readdir(Fh(fh.0), offset) {
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let page = match self.core.readdir(Ino(ino.0), offset) {
             Ok(v) => v,
             Err(err) => return reply.error(e(err)),
         };
-        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(ent.ino.0), i as u64 + 1, file_type(ent.kind), OsStr::from_bytes(&ent.name)) {
+        for (i, ent) in page.entries.iter().enumerate().skip(page.start) {
+            if reply.add(INodeNo(ent.ino.0), page.offset(i), file_type(ent.kind), OsStr::from_bytes(&ent.name)) {
                 break;
             }
         }
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let entries = match self.core.readdir(Fh(fh.0), offset) {
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let page = match self.core.readdir(Ino(ino.0), offset) {
             Ok(v) => v,
             Err(err) => return reply.error(e(err)),
         };
-        for (i, ent) in entries.iter().enumerate().skip(offset as usize) {
+        for (i, ent) in page.entries.iter().enumerate().skip(page.start) {
             let dots = ent.name == b"." || ent.name == b"..";
             let attr = if dots { self.core.getattr(ent.ino, None) } else { self.core.lookup(Ino(ino.0), &ent.name) };
             let Ok(a) = attr else { continue };
             let full = reply.add(
                 INodeNo(a.ino.0),
-                i as u64 + 1,
+                page.offset(i),
                 OsStr::from_bytes(&ent.name),
                 &self.opts.ttl,
                 &fattr(&a),
@@ -510,8 +567,7 @@ impl Filesystem for LayerFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
-        self.core.release(Fh(fh.0));
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
         reply.ok();
     }
 
@@ -577,22 +633,26 @@ impl Filesystem for LayerFs {
         match self.core.create(&ctx(req), Ino(parent.0), name.as_bytes(), mode, flags) {
             Ok((a, opened)) => {
                 let key = (a.ino, a.generation);
-                let core = self.core.clone();
-                let ob = |fh: Fh| -> io::Result<BackingId> {
-                    core.with_backing_fd(fh, |fd| reply.open_backing(fd))
-                        .map_err(|e| io::Error::from_raw_os_error(e.code()))?
+                let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
+                let (mode, id) = match self.open_mode(key, &opened, &ob) {
+                    Ok(m) => m,
+                    Err(err) => {
+                        self.core.release(opened.fh);
+                        return reply.error(e(err));
+                    }
                 };
-                let (mode, id) = self.open_mode(key, &opened, &ob);
                 lock(&self.fh_io).insert(opened.fh.0, (key, mode));
                 let fh = FileHandle(opened.fh.0);
                 let fa = fattr(&a);
                 let g = FGen(a.generation.0);
                 match (mode, id) {
                     (IoMode::Passthrough, Some(id)) => {
-                        reply.created_passthrough(&self.opts.ttl, &fa, g, fh, FopenFlags::empty(), &id)
+                        reply.created_passthrough(&self.opts.ttl, &fa, g, fh, NOFLUSH, &id)
                     }
-                    (IoMode::Direct, _) => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::FOPEN_DIRECT_IO),
-                    _ => reply.created(&self.opts.ttl, &fa, g, fh, FopenFlags::empty()),
+                    (IoMode::Direct, _) => {
+                        reply.created(&self.opts.ttl, &fa, g, fh, NOFLUSH | FopenFlags::FOPEN_DIRECT_IO)
+                    }
+                    _ => reply.created(&self.opts.ttl, &fa, g, fh, NOFLUSH),
                 }
             }
             Err(err) => reply.error(e(err)),

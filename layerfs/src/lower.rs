@@ -192,6 +192,12 @@ pub trait Lower: Send + Sync + Debug {
     /// the core serves reads through [`Lower::read`]).
     fn open_backing(&self, ino: LowerIno) -> Result<Option<File>>;
 
+    /// Whether [`Lower::open_backing`] of regular file `ino` gives a file, without opening it
+    /// (opens of files whose backing id the kernel still holds need no file).
+    fn has_backing(&self, ino: LowerIno) -> Result<bool> {
+        Ok(self.open_backing(ino)?.is_some())
+    }
+
     /// The first data extent of `ino` that ends after `offset` (sparse files), or `None` past the
     /// last one. Only used when `open_backing` gives no file (otherwise the core asks the file
     /// with `SEEK_DATA`/`SEEK_HOLE`). The default says the whole file is data.

@@ -252,6 +252,11 @@ impl Lower for PackedLower {
         if i.kind() == Kind::File && i.is_external() { self.object(&i).map(Some) } else { Ok(None) }
     }
 
+    fn has_backing(&self, ino: LowerIno) -> Result<bool> {
+        let i = self.inode(ino)?;
+        Ok(i.kind() == Kind::File && i.is_external())
+    }
+
     fn next_data(&self, ino: LowerIno, offset: u64) -> Result<Option<Range<u64>>> {
         let i = self.inode(ino)?;
         if i.is_external() {
