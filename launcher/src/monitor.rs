@@ -155,6 +155,12 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
         ));
     }
 
+    // The cgroup and the address go before the exit is recorded: a `stop` or `wait` that returns finds them
+    // released.
+    let _ = started.cgroup.remove();
+    if let Some(att) = &started.network {
+        let _ = network::release(&store.root, &state.id, att);
+    }
     state.status = Status::Exited;
     state.exit_code = Some(info.code);
     state.oom_killed = info.oom_killed;
@@ -162,10 +168,6 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let _ = std::fs::write(dir.join(EXIT_FILE), info.code.to_string());
     let _ = store.save(&state);
     let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
-    let _ = started.cgroup.remove();
-    if let Some(att) = &started.network {
-        let _ = network::release(&store.root, &state.id, att);
-    }
     // `--rm`: the directory goes to the trash at once (the container and its name are gone for everyone);
     // its files (the upper among them) are deleted after the exit is reported.
     let mut trash = None;
