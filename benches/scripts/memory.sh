@@ -23,16 +23,38 @@ lower=$work/lower-debian
 store=$work/store
 mdir=$work/memory
 cleanup() {
-  for m in "$mdir"/m[0-9]*; do
-    [ -d "$m" ] || continue
-    mountpoint -q "$m" && { umount "$m" 2>/dev/null || umount -l "$m"; }
+  # From /proc/mounts, not mountpoint(1): a mount whose daemon died fails its stat (ENOTCONN).
+  local m
+  for m in $(awk -v d="$mdir/" 'index($2, d) == 1 {print $2}' /proc/mounts); do
+    umount "$m" 2>/dev/null || umount -l "$m"
   done
   sleep 0.5
   rm -rf "$mdir"
+  if [ -n "${cg_base:-}" ] && [ -d "$cg_base/layerfs-bench-mem" ]; then
+    for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$cg_base/layerfs-bench-mem" 2>/dev/null && break; sleep 0.5; done
+  fi
 }
 trap cleanup EXIT
 
 cached_kb() { awk '/^Cached:/{print $2}' /proc/meminfo; }
+# A memory cgroup of our own, below ours (v2 when it has the memory controller, else v1), so
+# that what the mounts and readers are charged for is measured apart from everything else on a
+# shared machine (a compiler filling the page cache does not count).
+memcg_base() {
+  if grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+    echo "/sys/fs/cgroup$(awk -F: '$1=="0"{print $3}' /proc/self/cgroup)"
+  elif [ -d /sys/fs/cgroup/memory ]; then
+    echo "/sys/fs/cgroup/memory$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)"
+  fi
+}
+cg_base=$(memcg_base)
+cg_kb() { # cgroup -> "file_kb anon_kb"
+  if [ -f "$1/memory.current" ]; then
+    awk '$1=="file"{f=$2} $1=="anon"{a=$2} END{print int(f/1024), int(a/1024)}' "$1/memory.stat"
+  else
+    awk '$1=="total_cache"{f=$2} $1=="total_rss"{a=$2} END{print int(f/1024), int(a/1024)}' "$1/memory.stat"
+  fi
+}
 daemons_kb() { # pattern field (VmRSS or RssAnon)
   local total=0
   for p in $(pgrep -f "$1" || true); do
@@ -46,6 +68,10 @@ measure() { # fs n -> MB
   cleanup; mkdir -p "$mdir"
   sync; echo 3 > /proc/sys/vm/drop_caches; sleep 1
   local before; before=$(cached_kb)
+  local cg=""
+  if [ -n "$cg_base" ]; then cg=$cg_base/layerfs-bench-mem; rmdir "$cg" 2>/dev/null || true; mkdir "$cg"; fi
+  (
+  [ -z "$cg" ] || echo "$BASHPID" > "$cg/cgroup.procs"
   for i in $(seq "$n"); do
     local m=$mdir/m$i; mkdir -p "$m"
     case $fs in
@@ -53,11 +79,15 @@ measure() { # fs n -> MB
       fuse-overlayfs) fuse-overlayfs -o "lowerdir=$lower" "$m" 2>/dev/null ;;
       layerfs) "$bin/layerfs" mount -o "store=$store" bench-base "$m" 2>/dev/null ;;
       layerfs-nopt) "$bin/layerfs" mount -o "store=$store,passthrough=0" bench-base "$m" 2>/dev/null ;;
+      layerfs-cache) "$bin/layerfs" mount -o "store=$store,cache_inline=1" bench-base "$m" 2>/dev/null ;;
     esac
   done
   for i in $(seq "$n"); do
     (cd "$mdir/m$i/usr/lib" && find . -type f -print0 | xargs -0 cat > /dev/null)
   done
+  )
+  local cgfile=0 cganon=0
+  if [ -n "$cg" ]; then read -r cgfile cganon < <(cg_kb "$cg"); fi
   local after rss anon pat
   after=$(cached_kb)
   case $fs in
@@ -68,18 +98,25 @@ measure() { # fs n -> MB
   rss=$(daemons_kb "$pat" VmRSS); anon=$(daemons_kb "$pat" RssAnon)
   # Cached + RSS (the issue's measure; RSS double-counts shared file pages such as the mapped
   # layer, which Cached already holds) and Cached + anonymous RSS (what the mounts really cost).
-  echo $(( (after - before + rss) / 1024 )) $(( (after - before + anon) / 1024 )) $((rss / 1024)) $((anon / 1024))
+  # The cgroup's charge (file + anon pages of the mounting and reading processes and their
+  # daemons) is the same measure, immune to other processes' page cache.
+  echo $(( (after - before + rss) / 1024 )) $(( (after - before + anon) / 1024 )) $((rss / 1024)) $((anon / 1024)) \
+    $(( (cgfile + cganon) / 1024 ))
 }
 
+ratio() { awk "BEGIN{printf \"%.2f\", $1 / ($2 > 0 ? $2 : 1)}"; }
+[ -n "$cg_base" ] || echo "no memory cgroup found: the 'charged' column stays 0" >&2
 echo "working set: $(du -sm --apparent-size "$lower/usr/lib" | cut -f1) MB (usr/lib of the Debian image), $(nproc) cores, $(uname -r)"
-printf '%-16s %5s %16s %7s %16s %7s %11s %11s\n' fs N "Cached+RSS MB" ratio "Cached+anon MB" ratio "RSS MB" "anon MB"
+printf '%-16s %5s %16s %7s %16s %7s %11s %11s %12s %7s\n' fs N "Cached+RSS MB" ratio "Cached+anon MB" ratio "RSS MB" "anon MB" \
+  "charged MB" ratio
 for n in "${ns[@]}"; do
-  ref=""
-  for fs in overlay fuse-overlayfs layerfs layerfs-nopt; do
+  ref=""; cref=""
+  for fs in overlay fuse-overlayfs layerfs layerfs-nopt layerfs-cache; do
     if [ "$fs" = fuse-overlayfs ] && [ "$n" -gt 10 ]; then continue; fi
-    read -r total real rss anon < <(measure "$fs" "$n")
+    read -r total real rss anon charged < <(measure "$fs" "$n")
     [ -n "$ref" ] || ref=$total
-    printf '%-16s %5d %16d %7s %16d %7s %11d %11d\n' "$fs" "$n" "$total" "$(awk "BEGIN{printf \"%.2f\", $total / ($ref > 0 ? $ref : 1)}")" \
-      "$real" "$(awk "BEGIN{printf \"%.2f\", $real / ($ref > 0 ? $ref : 1)}")" "$rss" "$anon"
+    [ -n "$cref" ] || cref=$charged
+    printf '%-16s %5d %16d %7s %16d %7s %11d %11d %12d %7s\n' "$fs" "$n" "$total" "$(ratio "$total" "$ref")" \
+      "$real" "$(ratio "$real" "$ref")" "$rss" "$anon" "$charged" "$(ratio "$charged" "$cref")"
   done
 done

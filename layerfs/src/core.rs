@@ -250,6 +250,9 @@ pub struct Opened {
     pub keep_cache: bool,
     /// When the data is a file of its own: the key for passthrough.
     pub backing: Option<BackingKey>,
+    /// The data lives inline in a packed layer's mapping, one page cache shared by every mount
+    /// of the layer: a per-mount kernel cache of it would only duplicate those pages.
+    pub inline: bool,
 }
 
 enum FileSrc {
@@ -1842,17 +1845,17 @@ impl Union {
             & (libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
         let s = inode.state().clone();
         let key = |source| BackingKey { ino: inode.ino, generation: inode.generation, source };
-        let (src, backing, keep_cache) = if s.upper && !s.metacopy {
+        let (src, backing, keep_cache, inline) = if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
-            (FileSrc::Upper(file), Some(key(BackingSource::Upper)), false)
+            (FileSrc::Upper(file), Some(key(BackingSource::Upper)), false, false)
         } else {
             let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
             let backed = self.layers[lr.layer].has_backing(lr.ino)?;
             let backing = backed.then(|| key(BackingSource::Lower { layer: lr.layer, ino: lr.ino }));
-            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() }, backing, !s.upper)
+            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() }, backing, !s.upper, !backed)
         };
         let fh = self.new_handle(Handle { inode: inode.clone(), src, writable });
-        Ok(Opened { fh, keep_cache, backing })
+        Ok(Opened { fh, keep_cache, backing, inline })
     }
 
     /// The file holding the data of an open file, if it has one of its own (opened now for a

@@ -37,11 +37,20 @@ pub struct FsOptions {
     pub max_write: u32,
     /// fsync does nothing (`volatile`).
     pub volatile: bool,
+    /// Let the kernel cache inline lower data per mount (`cache_inline=1`); by default it is
+    /// read with direct I/O from the layer's mapping, whose pages every mount shares.
+    pub cache_inline: bool,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
-        FsOptions { ttl: Duration::from_secs(86400), passthrough: true, max_write: 1 << 20, volatile: false }
+        FsOptions {
+            ttl: Duration::from_secs(86400),
+            passthrough: true,
+            max_write: 1 << 20,
+            volatile: false,
+            cache_inline: false,
+        }
     }
 }
 
@@ -199,6 +208,9 @@ impl LayerFs {
         opened: &Opened,
         open_backing: &dyn Fn(Fh) -> Result<io::Result<BackingId>, Errno>,
     ) -> Result<(IoMode, Option<Arc<BackingId>>), Errno> {
+        if opened.inline && !self.opts.cache_inline {
+            return Ok((IoMode::Direct, None));
+        }
         let mut io = lock(&self.io);
         let st = io.entry(key).or_default();
         if let Some(bkey) = opened.backing.filter(|_| self.passthrough.load(Ordering::Relaxed) && st.cached == 0) {

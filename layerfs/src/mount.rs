@@ -90,7 +90,13 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
     use fuser::MountOption as M;
     let fs = LayerFs::new(
         Arc::new(union),
-        FsOptions { ttl: cfg.timeout, passthrough: cfg.passthrough, volatile: cfg.volatile, ..FsOptions::default() },
+        FsOptions {
+            ttl: cfg.timeout,
+            passthrough: cfg.passthrough,
+            volatile: cfg.volatile,
+            cache_inline: cfg.cache_inline,
+            ..FsOptions::default()
+        },
     );
     let mut opts = vec![M::FSName(cfg.source.clone()), M::Subtype("layerfs".into()), M::DefaultPermissions];
     let f = &cfg.flags;

@@ -310,3 +310,46 @@ fn missing_or_corrupt_layers_are_clear_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(!is_fuse(&mnt));
 }
+
+/// Bytes of `path` in the page cache (util-linux `fincore`).
+fn cached_bytes(path: &Path) -> u64 {
+    let out = Command::new("fincore").args(["--bytes", "--noheadings", "--output", "RES"]).arg(path).output().unwrap();
+    assert!(out.status.success(), "fincore: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn inline_data_is_read_from_the_shared_mapping_not_cached_per_mount() {
+    if !can_mount() {
+        return;
+    }
+    let s = build_store();
+    let dir = tempfile::tempdir().unwrap();
+    let store_opt = format!("store={}", s.root.display());
+    let direct = mount(&["mount", "-o", &store_opt, "demo:1"], &dir.path().join("direct"));
+    let cached_opt = format!("{store_opt},cache_inline=1");
+    let cached = mount(&["mount", "-o", &cached_opt, "demo:1"], &dir.path().join("cached"));
+    for m in [&direct, &cached] {
+        // Read, mapped shared and private: the same bytes either way.
+        assert_eq!(fs::read(m.path.join("usr/share/many/f0042")).unwrap(), b"42\n");
+        let f = File::open(m.path.join("etc/passwd")).unwrap();
+        for shared in [true, false] {
+            let map = if shared {
+                // SAFETY: a read-only mapping of a file nothing writes while the test runs.
+                unsafe { memmap2::Mmap::map(&f) }.unwrap()
+            } else {
+                // SAFETY: as above; a private copy-on-write mapping.
+                unsafe { memmap2::MmapOptions::new().map_copy_read_only(&f) }.unwrap()
+            };
+            assert_eq!(&map[..], b"root:x:0:0::/root:/bin/sh\n");
+        }
+    }
+    // Only the mount with cache_inline=1 keeps a copy of the inline data in its own page cache.
+    let name = "usr/share/many/f0007";
+    fs::read(direct.path.join(name)).unwrap();
+    fs::read(cached.path.join(name)).unwrap();
+    assert_eq!(cached_bytes(&cached.path.join(name)), 4096, "cache_inline=1 caches the page");
+    assert_eq!(cached_bytes(&direct.path.join(name)), 0, "inline data read with direct I/O");
+    direct.umount();
+    cached.umount();
+}
