@@ -280,6 +280,20 @@ impl Cgroup {
                 apply(&dir, v2, c, limits)?;
             }
         }
+        // No v2 hierarchy at all (a pure v1 host): a v1 freezer directory, so that the container can be paused
+        // (`commit --pause`); joined like the other v1 directories.
+        if !rootless
+            && !layout.hierarchies.iter().any(|h| h.version == Version::V2)
+            && let Some(h) = layout
+                .hierarchies
+                .iter()
+                .find(|h| h.version == Version::V1 && h.controllers.iter().any(|c| c == "freezer"))
+        {
+            let dir = h.own.join(name);
+            if std::fs::create_dir(&dir).is_ok() {
+                self.dirs.push((false, dir));
+            }
+        }
         // Hybrid host: a v2 hierarchy beside the v1 controllers gets a (controller-less) directory too, like
         // runc does, so the container has its own v2 cgroup; it costs nothing: the container is cloned into it.
         // Optional: a hierarchy that refuses it (read-only, not delegated) is left alone.
@@ -298,6 +312,81 @@ impl Cgroup {
     /// No cgroup of its own: the container stays in the launcher's, for the reason given.
     pub fn none(reason: &str) -> Cgroup {
         Cgroup { dirs: Vec::new(), skipped: Some(reason.into()) }
+    }
+
+    /// No limit asked for: a controller-less v2 directory only, when a v2 hierarchy takes one (root only),
+    /// so that the container can be frozen (`cgroup.freeze`, for `commit --pause`). The container is cloned
+    /// straight into it (`CLONE_INTO_CGROUP`): no migration, so this costs a `mkdir` and an `rmdir`. Without a
+    /// v2 hierarchy (or rootless) there is no cgroup of its own at all, for `reason`.
+    pub fn freezable(layout: &Layout, name: &str, rootless: bool, reason: &str) -> Cgroup {
+        let mut cg = Cgroup::none(reason);
+        if rootless {
+            return cg;
+        }
+        if let Some(h) = layout.hierarchies.iter().find(|h| h.version == Version::V2) {
+            let dir = h.own.join(name);
+            if std::fs::create_dir(&dir).is_ok() {
+                cg.dirs.push((true, dir));
+                cg.skipped = Some(format!("{reason}; a controller-less v2 cgroup only, to pause it"));
+            }
+        }
+        cg
+    }
+
+    /// Whether the container can be frozen: a v2 directory (`cgroup.freeze`) or a v1 `freezer` one.
+    pub fn can_freeze(&self) -> bool {
+        self.dirs.iter().any(
+            |(v2, d)| {
+                if *v2 { d.join("cgroup.freeze").exists() } else { d.join("freezer.state").exists() }
+            },
+        )
+    }
+
+    /// Freezes every process of the container (v2 `cgroup.freeze`, else the v1 freezer) and waits until the
+    /// kernel says they are frozen (at most `timeout`). `Ok(false)`: no cgroup can freeze it.
+    pub fn freeze(&self, timeout: std::time::Duration) -> Result<bool, CgroupError> {
+        self.set_frozen(true, timeout)
+    }
+
+    /// Thaws what [`Cgroup::freeze`] froze.
+    pub fn thaw(&self) -> Result<(), CgroupError> {
+        self.set_frozen(false, std::time::Duration::from_secs(10)).map(|_| ())
+    }
+
+    fn set_frozen(&self, frozen: bool, timeout: std::time::Duration) -> Result<bool, CgroupError> {
+        let v2 = self.dirs.iter().find(|(v2, d)| *v2 && d.join("cgroup.freeze").exists());
+        let v1 = self.dirs.iter().find(|(v2, d)| !*v2 && d.join("freezer.state").exists());
+        let (file, value, done): (PathBuf, &str, Box<dyn Fn() -> bool + '_>) = match (v2, v1) {
+            (Some((_, d)), _) => (
+                d.join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+                Box::new(move || {
+                    std::fs::read_to_string(d.join("cgroup.events"))
+                        .is_ok_and(|s| s.lines().any(|l| l == if frozen { "frozen 1" } else { "frozen 0" }))
+                }),
+            ),
+            (None, Some((_, d))) => {
+                let want = if frozen { "FROZEN" } else { "THAWED" };
+                (
+                    d.join("freezer.state"),
+                    want,
+                    Box::new(move || std::fs::read_to_string(d.join("freezer.state")).is_ok_and(|s| s.trim() == want)),
+                )
+            }
+            (None, None) => return Ok(false),
+        };
+        write(file.clone(), value)?;
+        let end = std::time::Instant::now() + timeout;
+        while !done() {
+            if std::time::Instant::now() >= end {
+                if frozen {
+                    let _ = self.thaw();
+                }
+                return Err(CgroupError::Freeze { path: file, value: value.into() });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        Ok(true)
     }
 
     /// The v2 directory, if any: the container can be cloned straight into it ([`crate::sys::clone3`]).
@@ -560,5 +649,38 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape("/a\\040b"), "/a b");
         assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn freezer_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = std::time::Duration::from_secs(1);
+        // v1: freezer.state reads back what was written (on a real tree, once the tasks are frozen).
+        let v1 = tmp.path().join("freezer/launcher-x");
+        std::fs::create_dir_all(&v1).unwrap();
+        std::fs::write(v1.join("freezer.state"), "THAWED\n").unwrap();
+        let cg = Cgroup { dirs: vec![(false, tmp.path().join("memory-x")), (false, v1.clone())], skipped: None };
+        assert!(cg.can_freeze());
+        assert!(cg.freeze(t).unwrap());
+        assert_eq!(std::fs::read_to_string(v1.join("freezer.state")).unwrap(), "FROZEN");
+        cg.thaw().unwrap();
+        assert_eq!(std::fs::read_to_string(v1.join("freezer.state")).unwrap(), "THAWED");
+        // v2 wins: cgroup.freeze, then cgroup.events says when it is done.
+        let v2 = tmp.path().join("unified/launcher-x");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::write(v2.join("cgroup.freeze"), "0\n").unwrap();
+        std::fs::write(v2.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
+        let cg = Cgroup { dirs: vec![(false, v1.clone()), (true, v2.clone())], skipped: None };
+        assert!(cg.freeze(t).unwrap());
+        assert_eq!(std::fs::read_to_string(v2.join("cgroup.freeze")).unwrap(), "1");
+        assert_eq!(std::fs::read_to_string(v1.join("freezer.state")).unwrap(), "THAWED", "v1 left alone");
+        // The kernel never says frozen: an error, and thawed again.
+        std::fs::write(v2.join("cgroup.events"), "populated 1\nfrozen 0\n").unwrap();
+        assert!(matches!(cg.freeze(std::time::Duration::from_millis(50)), Err(CgroupError::Freeze { .. })));
+        assert_eq!(std::fs::read_to_string(v2.join("cgroup.freeze")).unwrap(), "0");
+        // No freezer: nothing to do.
+        let none = Cgroup::none("x");
+        assert!(!none.can_freeze());
+        assert!(!none.freeze(t).unwrap());
     }
 }

@@ -155,6 +155,8 @@ pub enum CgroupError {
     RootlessV1(String),
     #[error("remove cgroup {path}: {source}")]
     Remove { path: PathBuf, source: std::io::Error },
+    #[error("{path}: the kernel did not report {value:?} in time")]
+    Freeze { path: PathBuf, value: String },
 }
 
 /// Errors of the launcher outside the container.
@@ -208,6 +210,15 @@ pub enum Error {
     MonitorLost(String),
     #[error("protocol: {0}")]
     Protocol(String),
+    #[error("container {container} runs on a directory (--rootfs), not an image: there is no image to {what} against")]
+    NoImage { container: String, what: &'static str },
+    #[error("{what}: {reason}")]
+    Changes { what: &'static str, reason: String },
+    #[error(
+        "cannot pause container {0}: it has no freezer cgroup (--cgroups=disabled, rootless, or no cgroup v2 and no v1 \
+         freezer); commit with --pause=false for a snapshot of the live filesystem"
+    )]
+    CannotPause(String),
     /// The monitor reported that the container could not start, with docker's exit code.
     #[error("{message}")]
     StartFailed { message: String, code: i32 },

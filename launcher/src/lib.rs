@@ -2,6 +2,7 @@
 //!
 //! Module map:
 //! - [`client`]: the commands (`run`, `ps`, `stop`, `kill`, `wait`, `logs`, `attach`, `rm`, `inspect`).
+//! - [`changes`]: `diff`, `commit`, `export` and `cp` (a container's changes, through the `tools` library).
 //! - [`monitor`]: the per-container monitor process (conmon's job): starts the container, relays and logs
 //!   its streams, serves the attach socket, records the exit, cleans up.
 //! - [`init`]: the container side after clone: mounts, hostname, loopback, pty, user, capabilities, exec,
@@ -17,6 +18,7 @@
 
 pub mod capabilities;
 pub mod cgroups;
+pub mod changes;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use launcher::client;
+use launcher::{changes, client};
 
 #[derive(Parser)]
 #[command(name = "launcher", version, about = "Run processes in containers")]
@@ -82,6 +82,40 @@ enum Cmd {
     Inspect {
         #[arg(required = true)]
         containers: Vec<String>,
+    },
+    /// Inspect changes to files or directories on a container's filesystem (A added, C changed, D deleted)
+    Diff { container: String },
+    /// Create a new image from a container's changes
+    Commit {
+        /// Apply Dockerfile instruction to the created image (CMD, ENTRYPOINT, ENV, LABEL, USER, WORKDIR)
+        #[arg(short, long = "change")]
+        change: Vec<String>,
+        /// Commit message
+        #[arg(short, long)]
+        message: Option<String>,
+        /// Pause a running container during commit (--pause=false to commit its live filesystem)
+        #[arg(short, long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+              default_missing_value = "true", require_equals = true)]
+        pause: bool,
+        container: String,
+        /// NAME[:TAG]
+        repository: String,
+    },
+    /// Export a container's filesystem as a tar archive (to stdout unless -o)
+    Export {
+        /// Write to a file, instead of STDOUT
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        container: String,
+    },
+    /// Copy files/folders between a container and the local filesystem
+    #[command(after_help = "CONTAINER:SRC_PATH DEST_PATH|-  or  SRC_PATH CONTAINER:DEST_PATH\n\
+                      Use '-' as the destination to write a tar archive of the source to STDOUT.")]
+    Cp {
+        /// CONTAINER:SRC_PATH or SRC_PATH
+        src: String,
+        /// DEST_PATH, CONTAINER:DEST_PATH or -
+        dest: String,
     },
 }
 
@@ -238,6 +272,12 @@ fn main() -> ExitCode {
         Cmd::Attach { detach_keys, container } => client::attach(&root, &container, detach_keys.as_deref()),
         Cmd::Rm { force, containers } => client::rm(&root, &containers, force),
         Cmd::Inspect { containers } => client::inspect(&root, &containers),
+        Cmd::Diff { container } => changes::diff(&root, &container),
+        Cmd::Commit { change, message, pause, container, repository } => {
+            changes::commit(&root, &container, &repository, &changes::CommitOptions { changes: change, message, pause })
+        }
+        Cmd::Export { output, container } => changes::export(&root, &container, output.as_deref()),
+        Cmd::Cp { src, dest } => changes::cp(&root, &src, &dest),
     };
     match res {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

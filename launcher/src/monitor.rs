@@ -236,13 +236,18 @@ fn start(store: &Store, cfg: &ContainerConfig, dir: &Path, mut root: PreparedRoo
             return Err(e.into());
         }
     };
-    let cgroup = if !cfg.cgroups.wanted(&cfg.limits) {
-        Ok(Cgroup::none(match cfg.cgroups {
-            CgroupMode::Disabled => "--cgroups=disabled: the container stays in the launcher's cgroup",
-            _ => "no resource limit asked for: the container stays in the launcher's cgroup (--cgroups=enabled)",
-        }))
+    let name = format!("launcher-{}", cfg.id);
+    let cgroup = if cfg.cgroups == CgroupMode::Disabled {
+        Ok(Cgroup::none("--cgroups=disabled: the container stays in the launcher's cgroup"))
+    } else if !cfg.cgroups.wanted(&cfg.limits) {
+        Ok(Cgroup::freezable(
+            &layout,
+            &name,
+            cfg.rootless,
+            "no resource limit asked for: no controller (--cgroups=enabled for one)",
+        ))
     } else {
-        Cgroup::create(&layout, &format!("launcher-{}", cfg.id), &cfg.limits, cfg.rootless)
+        Cgroup::create(&layout, &name, &cfg.limits, cfg.rootless)
     };
     let cgroup = match cgroup {
         Ok(c) => c,

@@ -77,6 +77,9 @@ pub struct ImageInfo {
     /// The OCI diff_ids, lowest first, when known.
     #[serde(default)]
     pub diff_ids: Vec<String>,
+    /// The image's configuration (the starting point of `commit`, even after the image is untagged).
+    #[serde(default)]
+    pub config: Option<Box<ImageConfig>>,
 }
 
 /// The directories of a layerfs root: the container's own in its state directory, and two shared by all the
@@ -296,6 +299,7 @@ pub fn resolve_image(store_root: &Path, name: &str, program: PathBuf) -> Result<
         store: root,
         layers: img.layers.clone(),
         diff_ids: img.diff_ids.clone(),
+        config: Some(Box::new(img.config.clone())),
     };
     let objects = std::path::absolute(store.objects_dir()).ok();
     let spec = RootFsSpec::Layerfs(LayerfsSpec {

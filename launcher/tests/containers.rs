@@ -441,12 +441,23 @@ fn cgroup_limits() {
     for d in &dirs {
         assert!(!std::path::Path::new(d[1].as_str().unwrap()).exists(), "{d} removed");
     }
-    // Without a limit there is no cgroup of its own (--cgroups=auto), and inspect says so.
+    // Without a limit there is no cgroup with controllers (--cgroups=auto), and inspect says so; only a
+    // controller-less v2 directory, entered at clone time, so that `commit` can freeze the container.
     env.detach(&["--name", "nocg"], &["sleep", "1000"]);
     let st = env.inspect("nocg");
-    assert!(st["cgroup"]["dirs"].as_array().unwrap().is_empty(), "{st}");
+    let dirs = st["cgroup"]["dirs"].as_array().unwrap().clone();
+    assert!(dirs.len() == 1 && dirs[0][0] == true, "{st}");
     assert!(st["cgroup"]["skipped"].as_str().unwrap().contains("no resource limit"), "{st}");
+    let pid = st["pid"].as_i64().unwrap();
+    let procs =
+        std::fs::read_to_string(std::path::Path::new(dirs[0][1].as_str().unwrap()).join("cgroup.procs")).unwrap();
+    assert_eq!(procs.trim(), pid.to_string());
     ok(&env.launcher(&["rm", "-f", "nocg"]));
+    assert!(!std::path::Path::new(dirs[0][1].as_str().unwrap()).exists(), "removed");
+    // --cgroups=disabled: none at all.
+    env.detach(&["--name", "nocg2", "--cgroups", "disabled"], &["sleep", "1000"]);
+    assert!(env.inspect("nocg2")["cgroup"]["dirs"].as_array().unwrap().is_empty());
+    ok(&env.launcher(&["rm", "-f", "nocg2"]));
     let o = env.run(&["--rm", "--cgroups", "disabled", "-m", "32m"], &["true"]);
     assert_eq!(code(&o), 125);
     assert!(stderr(&o).contains("resource limits need a cgroup"), "{}", stderr(&o));
