@@ -641,8 +641,12 @@ impl Union {
         let origin = if kind.is_dir() || ps.impure { self.read_origin(&at) } else { None };
         if kind.is_dir() {
             state.impure = u.get(&at, &u.names.impure).as_deref() == Some(b"y");
-            if !ps.lowers.is_empty() && !u.is_opaque(&at) {
-                if let Some(redirect) = u.get(&at, &u.names.redirect) {
+            // A redirect counts wherever the directory sits: a merged directory moved into a
+            // directory with no lower parts (`mkdir new; mv lowerdir new/`) keeps its lower
+            // contents through it.
+            let redirect = u.get(&at, &u.names.redirect);
+            if (redirect.is_some() || !ps.lowers.is_empty()) && !u.is_opaque(&at) {
+                if let Some(redirect) = redirect {
                     let path = if let Some(abs) = redirect.strip_prefix(b"/") {
                         abs.to_vec()
                     } else {
@@ -2319,6 +2323,40 @@ mod tests {
         assert_eq!(names(u, z.ino), ["bottom.txt", "top.txt"]);
         assert!(names(u, path_ino(u, "a").unwrap().ino).is_empty());
         assert_eq!(read_all(u, path_ino(u, "z/top.txt").unwrap().ino), b"top");
+    }
+
+    #[test]
+    fn merged_dir_moved_into_upper_only_dir_keeps_lower_contents() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        let new = u.mkdir(&CTX, Ino::ROOT, b"new", 0o755).unwrap();
+        u.rename(Ino::ROOT, b"a", new.ino, b"a", 0).unwrap();
+        u.rename(Ino::ROOT, b"d", new.ino, b"d", 0).unwrap();
+        let check = |u: &Union, at: &str| {
+            assert_eq!(names(u, path_ino(u, at).unwrap().ino), ["bottom.txt", "top.txt"], "{at}");
+            assert_eq!(path_ino(u, at).unwrap().ino, a.ino, "{at}");
+            assert_eq!(read_all(u, path_ino(u, &format!("{at}/top.txt")).unwrap().ino), b"top");
+            assert_eq!(read_all(u, path_ino(u, &format!("{at}/bottom.txt")).unwrap().ino), b"bottom");
+        };
+        check(u, "new/a");
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "new/a");
+        assert_eq!(read_all(u, path_ino(u, "new/d/sub/f").unwrap().ino), b"f");
+        assert_eq!(path_ino(u, "a").unwrap_err(), Errno::ENOENT);
+        // Deeper, then back to where it came from.
+        let x = u.mkdir(&CTX, path_ino(u, "new").unwrap().ino, b"x", 0o755).unwrap();
+        let y = u.mkdir(&CTX, x.ino, b"y", 0o755).unwrap();
+        u.rename(path_ino(u, "new").unwrap().ino, b"a", y.ino, b"a", 0).unwrap();
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "new/x/y/a");
+        u.rename(path_ino(u, "new/x/y").unwrap().ino, b"a", Ino::ROOT, b"a", 0).unwrap();
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "a");
+        assert_eq!(names(u, path_ino(u, "new/x/y").unwrap().ino), Vec::<String>::new());
     }
 
     #[test]

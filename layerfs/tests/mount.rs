@@ -169,6 +169,62 @@ fn rename_matrix() {
     m.umount();
 }
 
+/// Makes the kernel forget unused dentries and inodes, so the next access asks the daemon.
+fn drop_caches() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+}
+
+/// `mkdir new; mv lowerdir new/`: a merged directory moved into a directory that exists only
+/// in the upper keeps its lower contents (through its redirect), also nested deeper, moved
+/// back, and after remount.
+#[test]
+fn merged_dir_moved_into_upper_only_dir() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(2);
+    write(e.l(1).join("lowerdir/bottom"), b"b");
+    write(e.l(0).join("lowerdir/top"), b"t");
+    write(e.l(0).join("lowerdir/sub/deep"), b"d");
+    let check = |at: &str, dir_ino: u64, when: &str| {
+        assert_eq!(ls(&e.m(at)), ["bottom", "sub", "top"], "{at} {when}");
+        let sub: Vec<String> = ls(&e.m(&format!("{at}/sub"))).into_iter().filter(|n| n != "added").collect();
+        assert_eq!(sub, ["deep"], "{at}/sub {when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/bottom"))).unwrap(), b"b", "{when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/top"))).unwrap(), b"t", "{when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/sub/deep"))).unwrap(), b"d", "{when}");
+        assert_eq!(ino(&e.m(at)), dir_ino, "{at} st_ino {when}");
+    };
+    let m = e.mount();
+    let dir_ino = ino(&e.m("lowerdir"));
+    fs::create_dir(e.m("new")).unwrap();
+    sh(&format!("cd {} && mv lowerdir new/", e.mnt.display()));
+    check("new/lowerdir", dir_ino, "in the same mount");
+    drop_caches();
+    check("new/lowerdir", dir_ino, "after drop_caches");
+    m.umount();
+    let m = e.mount();
+    check("new/lowerdir", dir_ino, "after remount");
+    assert_eq!(ls(&e.mnt), ["new"]);
+    // deeper
+    fs::create_dir_all(e.m("new/a/b")).unwrap();
+    fs::rename(e.m("new/lowerdir"), e.m("new/a/b/lowerdir")).unwrap();
+    write(e.m("new/a/b/lowerdir/sub/added"), b"+");
+    drop_caches();
+    check("new/a/b/lowerdir", dir_ino, "nested");
+    m.umount();
+    let m = e.mount();
+    check("new/a/b/lowerdir", dir_ino, "nested, after remount");
+    assert_eq!(fs::read(e.m("new/a/b/lowerdir/sub/added")).unwrap(), b"+");
+    // and back
+    fs::rename(e.m("new/a/b/lowerdir"), e.m("lowerdir")).unwrap();
+    m.umount();
+    let m = e.mount();
+    check("lowerdir", dir_ino, "moved back, after remount");
+    assert!(ls(&e.m("new/a/b")).is_empty());
+    m.umount();
+}
+
 /// DESIGN 5: open-unlinked and open-renamed files keep working.
 #[test]
 fn open_unlinked_files() {
