@@ -659,7 +659,10 @@ impl Union {
                     state.lower_path = ps.lower_path.as_ref().map(|p| join(p, name));
                 }
             }
-        } else if st.st_nlink > 1 && origin.is_some() {
+        } else if st.st_nlink > 1 && origin.is_some() && u.get(&at, &u.names.nlink).is_some() {
+            // Linked into the hard-link index (copy-up of a lower hard link): the index holds
+            // one of the links. A copy-up of a file with one link that was `ln`ed since has
+            // more links but no index entry, and counts them all.
             state.indexed = true;
         } else if kind == FileKind::Regular && u.get(&at, &u.names.metacopy).is_some() {
             // Data still in the lower file at the same path.
@@ -950,10 +953,14 @@ impl Union {
                 return Err(e);
             }
             if hardlinked {
+                // The nlink xattr marks the copy as indexed (see `resolve_upper`): both or neither.
                 let at = sys::XattrPath::child(work, &tmp);
-                let _ = u.set(&at, &u.names.nlink, a.nlink.to_string().as_bytes());
-                if let Err(e) = sys::linkat(work, &tmp, u.index(), &Self::index_key(origin)) {
-                    tracing::warn!(%e, "cannot add copy-up to hard-link index");
+                let r = u
+                    .set(&at, &u.names.nlink, a.nlink.to_string().as_bytes())
+                    .and_then(|()| Ok(sys::linkat(work, &tmp, u.index(), &Self::index_key(origin))?));
+                if let Err(e) = r {
+                    let _ = sys::unlinkat(work, &tmp, false);
+                    return Err(e);
                 }
             }
             if let Err(e) = sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_NOREPLACE) {
@@ -2357,6 +2364,25 @@ mod tests {
         let u = &f.u;
         check(u, "a");
         assert_eq!(names(u, path_ino(u, "new/x/y").unwrap().ino), Vec::<String>::new());
+    }
+
+    #[test]
+    fn link_of_a_single_link_lower_file_counts_two() {
+        let f = fixture(base());
+        let u = &f.u;
+        let t = path_ino(u, "a/top.txt").unwrap();
+        assert_eq!(t.nlink, 1);
+        assert_eq!(u.link(t.ino, Ino::ROOT, b"t2").unwrap().nlink, 2);
+        let f = remount(f, base());
+        let u = &f.u;
+        let (t1, t2) = (path_ino(u, "a/top.txt").unwrap(), path_ino(u, "t2").unwrap());
+        assert_eq!((t1.nlink, t2.nlink), (2, 2));
+        assert_eq!((t1.ino, t2.ino), (t.ino, t.ino));
+        u.remove(Ino::ROOT, b"t2", false).unwrap();
+        assert_eq!(u.getattr(t1.ino, None).unwrap().nlink, 1);
+        let f = remount(f, base());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "a/top.txt").unwrap().nlink, 1);
     }
 
     #[test]

@@ -225,6 +225,40 @@ fn merged_dir_moved_into_upper_only_dir() {
     m.umount();
 }
 
+/// `ln` of a lower file with one link: both names count two links (same `st_ino`), also
+/// after remount; unlinking one brings the other back to one.
+#[test]
+fn link_of_single_link_lower_file() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    write(e.l(0).join("d/f"), b"data");
+    let m = e.mount();
+    let f_ino = ino(&e.m("d/f"));
+    fs::hard_link(e.m("d/f"), e.m("g")).unwrap();
+    let check = |when: &str| {
+        for p in ["d/f", "g"] {
+            let md = fs::metadata(e.m(p)).unwrap();
+            assert_eq!((md.ino(), md.nlink()), (f_ino, 2), "{p} {when}");
+            assert_eq!(fs::read(e.m(p)).unwrap(), b"data", "{p} {when}");
+        }
+    };
+    check("in the same mount");
+    drop_caches();
+    check("after drop_caches");
+    m.umount();
+    let m = e.mount();
+    check("after remount");
+    fs::remove_file(e.m("g")).unwrap();
+    assert_eq!(fs::metadata(e.m("d/f")).unwrap().nlink(), 1);
+    m.umount();
+    let m = e.mount();
+    assert_eq!(fs::metadata(e.m("d/f")).unwrap().nlink(), 1);
+    assert!(!e.m("g").exists());
+    m.umount();
+}
+
 /// DESIGN 5: open-unlinked and open-renamed files keep working.
 #[test]
 fn open_unlinked_files() {
