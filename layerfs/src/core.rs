@@ -321,6 +321,8 @@ pub struct Union {
     layers: Vec<Arc<dyn Lower>>,
     upper: Option<Upper>,
     upper_root: Option<Arc<OwnedFd>>,
+    /// `WORK/index` (hard-link index), shared with `Loc`s.
+    index_fd: Option<Arc<OwnedFd>>,
     table: InodeTable,
     root: Arc<Inode>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -403,6 +405,14 @@ impl Union {
             })?)),
             None => None,
         };
+        let index_fd = match &upper {
+            Some(u) => Some(Arc::new(nix::unistd::dup(u.index()).map_err(|e| SetupError::Open {
+                what: "index directory",
+                path: "(fd)".into(),
+                source: e.into(),
+            })?)),
+            None => None,
+        };
         let root_opaque = match (&upper, &upper_root) {
             (Some(u), Some(r)) => u.is_opaque(&sys::XattrPath::fd(r.as_fd())),
             _ => false,
@@ -436,6 +446,7 @@ impl Union {
             layers,
             upper,
             upper_root,
+            index_fd,
             table,
             root,
             handles: Mutex::new(HashMap::new()),
@@ -494,6 +505,10 @@ impl Union {
         let fd = Arc::new(sys::openat(pfd.as_fd(), &sys::cstr(&pos.name)?, libc::O_PATH | libc::O_DIRECTORY, 0)?);
         lock(&self.dir_fds).put(inode.ino, (inode.generation, fd.clone()));
         Ok(fd)
+    }
+
+    fn index_fd(&self) -> Result<Arc<OwnedFd>> {
+        self.index_fd.clone().ok_or(Errno::EROFS)
     }
 
     fn forget_dir_fd(&self, ino: Ino) {
@@ -721,41 +736,67 @@ impl Union {
         let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
         let upper_found = found.state.upper;
         let inode = self.instantiate(&p, name, found, 1);
-        // A lower alias of a hard link whose copy exists (this mount, or in the index): link
-        // the alias to the copy so all names keep sharing data.
-        if !upper_found && inode.kind == FileKind::Regular && self.upper.is_some() {
-            let (has_upper, origin) = {
-                let s = inode.state();
-                (s.upper, s.origin)
-            };
-            if has_upper {
-                if let Err(e) = self.link_alias_up(&p, name, &inode) {
-                    tracing::warn!(?e, "linking a hard-link alias to its copy failed");
-                }
-            } else if let Some(o) = origin
-                && self.index_has(o)
-            {
-                self.copy_up(&inode)?;
+        // A lower alias of a hard link whose copy exists: in this mount the inode already
+        // addresses the copy (through another name); after a remount the copy is found in the
+        // index. Either way the alias shares the copy's data and attributes without being
+        // linked into its own directory: a lookup changes nothing in the upper (the parent's
+        // times stay). The name is linked up when it is itself changed (see `name_up`).
+        let attr = self.attr_of(&inode)?;
+        if !upper_found && attr.nlink > 1 && inode.kind == FileKind::Regular && self.upper.is_some() {
+            self.attach_index(&inode)?;
+            return self.attr_of(&inode);
+        }
+        Ok(attr)
+    }
+
+    /// Points a lower-only inode at its copy in the hard-link index, if there is one.
+    fn attach_index(&self, inode: &Inode) -> Result<()> {
+        let u = self.upper()?;
+        let mut s = inode.state();
+        let Some(o) = s.origin.filter(|_| !s.upper) else { return Ok(()) };
+        let fd = match sys::openat(self.index_fd()?.as_fd(), &Self::index_key(o), libc::O_PATH, 0) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) if is_enoent(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        s.indexed = u.get(&sys::XattrPath::fd(fd.as_fd()), &u.names.nlink).is_some();
+        s.upper = true;
+        s.metacopy = false;
+        s.lowers.clear();
+        inode.set_pos(|p| p.detached = Some(fd));
+        Ok(())
+    }
+
+    /// Makes sure the object at `name` in `parent` (`inode`) has an upper entry under that
+    /// very name: copy-up, and for a name of a lower hard link whose copy sits under another
+    /// name (or in the index), a link to that copy. Done before an operation changes the name.
+    fn name_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up(inode)?;
+        if inode.kind == FileKind::Regular {
+            let s = parent.state().clone();
+            if self.resolve(parent, &s, name)?.is_some_and(|f| !f.state.upper) {
+                self.link_alias_up(parent, name, inode)?;
             }
         }
-        self.attr_of(&inode)
+        Ok(())
     }
 
     fn index_key(o: (LayerId, LowerIno)) -> CString {
         CString::new(format!("{}-{}", o.0.0, o.1.0)).unwrap_or_default()
     }
 
-    fn index_has(&self, o: (LayerId, LowerIno)) -> bool {
-        match &self.upper {
-            Some(u) => sys::fstatat(u.index(), &Self::index_key(o)).is_ok(),
-            None => false,
-        }
-    }
-
     fn link_alias_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
         self.copy_up(parent)?;
         let mut pg = parent.state();
-        let src = self.upper_loc(inode)?;
+        let (indexed, origin) = {
+            let s = inode.state();
+            (s.indexed, s.origin)
+        };
+        let src = match origin {
+            // Through the index by name: no linkat(AT_EMPTY_PATH) needed.
+            Some(o) if indexed => Loc::At(self.index_fd()?, Self::index_key(o)),
+            _ => self.upper_loc(inode)?,
+        };
         let pfd = self.upper_dir_fd(parent)?;
         let (sd, sn) = src.dir_name();
         let cname = sys::cstr(name)?;
@@ -1489,6 +1530,10 @@ impl Union {
             return Ok(()); // two names of one file: nothing to do
         }
         let src_kind = src_found.kind;
+        // The lower file behind the destination name when that name is not in the upper.
+        let dst_lower = dst_found.as_ref().and_then(|d| {
+            (d.kind == FileKind::Regular && !d.state.upper).then(|| d.state.lowers.first().copied()).flatten()
+        });
         let src = self.probe_inode(&op, oname, src_found);
         let dst = dst_found.map(|f| self.probe_inode(&np, nname, f));
         if let Some(d) = &dst
@@ -1501,25 +1546,17 @@ impl Union {
                 _ => {}
             }
         }
-        self.copy_up(&src)?;
+        self.name_up(&op, oname, &src)?;
         if exchange && let Some(d) = &dst {
-            self.copy_up(d)?;
+            self.name_up(&np, nname, d)?;
         }
         // A lower hard link losing this name: index it first (see `remove`).
-        let dst_lower = dst.as_ref().and_then(|d| {
-            let s = d.state();
-            (d.kind == FileKind::Regular && !s.upper).then(|| s.lowers.first().copied()).flatten()
-        });
         if !exchange
             && let Some(d) = &dst
             && let Some(lr) = dst_lower
             && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
         {
-            self.copy_up(d)?;
-            let s = np.state().clone();
-            if self.resolve(&np, &s, nname)?.is_some_and(|f| !f.state.upper) {
-                self.link_alias_up(&np, nname, d)?;
-            }
+            self.name_up(&np, nname, d)?;
         }
 
         // Phase 2: lock both parents (see the lock order in inode.rs) and move.
@@ -2383,6 +2420,47 @@ mod tests {
         let f = remount(f, base());
         let u = &f.u;
         assert_eq!(path_ino(u, "a/top.txt").unwrap().nlink, 1);
+    }
+
+    #[test]
+    fn looking_up_an_indexed_alias_changes_no_parent() {
+        let lowers = || vec![MemLower::new("l").file("h/x", b"data", 0o644).dir("g", 0o755).hardlink("h/x", "g/y")];
+        let f = fixture(lowers());
+        let u = &f.u;
+        let x = path_ino(u, "h/x").unwrap();
+        let o = u.open(x.ino, libc::O_WRONLY).unwrap();
+        u.write(o.fh, 0, b"DATA").unwrap();
+        u.release(o.fh);
+        let times = |a: Attr| (a.mtime, a.ctime);
+        for round in 0..2 {
+            let g = path_ino(u, "g").unwrap();
+            let y = path_ino(u, "g/y").unwrap();
+            assert_eq!((y.ino, y.nlink), (x.ino, 2), "round {round}");
+            assert_eq!(times(u.getattr(g.ino, None).unwrap()), times(g), "round {round}");
+            assert_eq!(read_all(u, y.ino), b"DATA");
+        }
+        assert!(!upper_path(&f).join("g").exists(), "a lookup copied the parent up");
+        let f = remount(f, lowers());
+        let u = &f.u;
+        let g = path_ino(u, "g").unwrap();
+        let y = path_ino(u, "g/y").unwrap();
+        assert_eq!((y.ino, y.nlink), (x.ino, 2));
+        assert_eq!(times(u.getattr(g.ino, None).unwrap()), times(g));
+        assert!(!upper_path(&f).join("g").exists(), "a lookup copied the parent up");
+        assert_eq!(read_all(u, y.ino), b"DATA");
+        // Changes through the alias reach the copy; renaming and removing it keep the count.
+        u.setattr(y.ino, &SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().perm, 0o600);
+        u.rename(g.ino, b"y", g.ino, b"z", 0).unwrap();
+        assert_eq!(path_ino(u, "g/z").unwrap().nlink, 2);
+        let f = remount(f, lowers());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "g/y").unwrap_err(), Errno::ENOENT);
+        let z = path_ino(u, "g/z").unwrap();
+        assert_eq!((z.ino, z.nlink, z.perm), (x.ino, 2, 0o600));
+        u.remove(path_ino(u, "g").unwrap().ino, b"z", false).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "h/x").unwrap().ino), b"DATA");
     }
 
     #[test]

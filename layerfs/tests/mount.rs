@@ -259,6 +259,54 @@ fn link_of_single_link_lower_file() {
     m.umount();
 }
 
+/// Looking up a name of a hard link whose link group was copied up changes nothing: not the
+/// parent's times, not the upper (in the same mount and after remount).
+#[test]
+fn hardlink_alias_lookup_changes_no_parent() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    write(e.l(0).join("h/x"), b"old");
+    fs::create_dir(e.l(0).join("g")).unwrap();
+    fs::hard_link(e.l(0).join("h/x"), e.l(0).join("g/y")).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::open(e.l(0).join("g")).unwrap().set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+    let times = |p: &str| {
+        let md = fs::metadata(e.m(p)).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = e.mount();
+    let g0 = times("g");
+    let x_ino = ino(&e.m("h/x"));
+    fs::OpenOptions::new().append(true).open(e.m("h/x")).unwrap().write_all(b"+new").unwrap();
+    let md = fs::metadata(e.m("g/y")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    drop_caches();
+    assert_eq!(times("g"), g0, "a lookup changed the parent (same mount)");
+    assert!(!e.upper.join("g").exists(), "a lookup copied the parent up");
+    m.umount();
+    let m = e.mount();
+    assert_eq!(times("g"), g0);
+    let md = fs::metadata(e.m("g/y")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    assert_eq!(fs::read(e.m("g/y")).unwrap(), b"old+new");
+    drop_caches();
+    assert_eq!(times("g"), g0, "a lookup changed the parent (after remount)");
+    assert!(!e.upper.join("g").exists(), "a lookup copied the parent up");
+    // changing the alias name itself links it up
+    fs::rename(e.m("g/y"), e.m("g/z")).unwrap();
+    m.umount();
+    let m = e.mount();
+    let md = fs::metadata(e.m("g/z")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    assert_eq!(fs::read(e.m("g/z")).unwrap(), b"old+new");
+    assert_eq!(ls(&e.m("g")), ["z"]);
+    fs::remove_file(e.m("g/z")).unwrap();
+    assert_eq!(fs::metadata(e.m("h/x")).unwrap().nlink(), 1);
+    m.umount();
+}
+
 /// DESIGN 5: open-unlinked and open-renamed files keep working.
 #[test]
 fn open_unlinked_files() {
