@@ -83,103 +83,76 @@ pub struct DirEntry {
 /// Part of a directory listing (see [`Union::readdir`]).
 #[derive(Clone, Debug)]
 pub struct DirPage {
-    /// The whole listing ("." and ".." first).
+    /// The whole listing ("." and ".." first, then in the order of their offsets).
     pub entries: Arc<Vec<DirEntry>>,
     /// Index of the first entry to return.
     pub start: usize,
-    id: ListingId,
+    keys: Arc<Vec<u64>>,
 }
 
 impl DirPage {
     /// The offset that continues the listing after `entries[i]`.
     pub fn offset(&self, i: usize) -> u64 {
-        self.id.encode(i + 1, self.entries.len())
+        self.keys[i]
     }
 }
 
-/// The id of a listing snapshot, carried by its offsets. Offsets stay below 2^31 (a 32-bit
-/// `off_t`, as 32-bit programs see it) for listings of up to 2^21 entries: the id in bits
-/// 21..31 (1..=1023), the position in bits 0..21. Longer listings use 64-bit offsets: id in
-/// the high half.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ListingId(u32);
-
-const POS_BITS: u32 = 21;
-const SHORT_IDS: u32 = 1023;
-
-impl ListingId {
-    const NONE: ListingId = ListingId(0);
-
-    fn encode(self, pos: usize, len: usize) -> u64 {
-        if len < 1 << POS_BITS && self.0 <= SHORT_IDS {
-            u64::from(self.0) << POS_BITS | pos as u64
-        } else {
-            u64::from(self.0) << 32 | pos as u64
-        }
-    }
-
-    fn decode(offset: u64) -> (ListingId, usize) {
-        if offset >> 31 == 0 {
-            (ListingId((offset >> POS_BITS) as u32), (offset & ((1 << POS_BITS) - 1)) as usize)
-        } else {
-            (ListingId((offset >> 32) as u32), (offset & 0xffff_ffff) as usize)
+/// The offset of a directory entry: a function of its name alone (1 and 2 for "." and "..";
+/// names hash to `3..2^63`), so an offset means the same in every listing of a directory and
+/// a listing continued from it skips and repeats nothing, however the directory changed and
+/// whichever listing the offset came from (the kernel's cache of an older one included).
+fn name_key(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    match name {
+        b"." => 1,
+        b".." => 2,
+        _ => {
+            // SipHash with fixed keys: the same in every listing of this process.
+            let mut h = std::hash::DefaultHasher::new();
+            name.hash(&mut h);
+            3 + h.finish() % ((1 << 63) - 3)
         }
     }
 }
 
-/// Listing snapshots by id (a leaf lock).
+/// A listing in offset order, with the offsets.
+type Listing = (Arc<Vec<DirEntry>>, Arc<Vec<u64>>);
+
+/// Recent listings by directory (a leaf lock), so that a reader going on from an offset finds
+/// the listing without merging the directory again.
 struct Listings {
-    map: lru::LruCache<ListingId, (Ino, Arc<Vec<DirEntry>>)>,
+    map: lru::LruCache<(Ino, Generation), Listing>,
     entries: usize,
-    next_short: u32,
-    next_long: u32,
 }
 
-/// At most this many entries are held in snapshots (beyond it the oldest go).
+/// At most this many entries are held in listings (beyond it the oldest go).
 const LISTING_ENTRIES: usize = 1 << 18;
 
 impl Listings {
     fn new() -> Listings {
-        Listings {
-            map: lru::LruCache::new(NonZeroUsize::new(SHORT_IDS as usize).unwrap_or(NonZeroUsize::MIN)),
-            entries: 0,
-            next_short: 0,
-            next_long: SHORT_IDS,
-        }
+        Listings { map: lru::LruCache::unbounded(), entries: 0 }
     }
 
-    fn get(&mut self, id: ListingId, dir: Ino) -> Option<Arc<Vec<DirEntry>>> {
-        match self.map.get(&id) {
-            Some((d, l)) if *d == dir => Some(l.clone()),
-            _ => None,
-        }
+    fn get(&mut self, dir: (Ino, Generation)) -> Option<Listing> {
+        self.map.get(&dir).cloned()
     }
 
-    fn remove(&mut self, id: ListingId) {
-        if let Some((_, l)) = self.map.pop(&id) {
+    fn remove(&mut self, dir: (Ino, Generation)) {
+        if let Some((l, _)) = self.map.pop(&dir) {
             self.entries -= l.len();
         }
     }
 
-    fn insert(&mut self, dir: Ino, l: Arc<Vec<DirEntry>>) -> ListingId {
-        let id = if l.len() < 1 << POS_BITS {
-            self.next_short = self.next_short % SHORT_IDS + 1;
-            ListingId(self.next_short)
-        } else {
-            self.next_long = self.next_long.checked_add(1).filter(|n| *n < 1 << 31).unwrap_or(SHORT_IDS + 1);
-            ListingId(self.next_long)
-        };
-        self.remove(id);
-        self.entries += l.len();
-        if let Some((_, (_, old))) = self.map.push(id, (dir, l)) {
+    fn insert(&mut self, dir: (Ino, Generation), l: Listing) {
+        self.entries += l.0.len();
+        if let Some((_, (old, _))) = self.map.push(dir, l) {
             self.entries -= old.len();
         }
         while self.entries > LISTING_ENTRIES && self.map.len() > 1 {
-            if let Some((_, (_, old))) = self.map.pop_lru() {
+            if let Some((_, (old, _))) = self.map.pop_lru() {
                 self.entries -= old.len();
             }
         }
-        id
     }
 }
 
@@ -2045,34 +2018,55 @@ impl Union {
         Ok(!inode.state().upper)
     }
 
-    /// Entries of directory `dir` from `offset` (0 = start; otherwise an offset this method
-    /// handed out, see [`DirPage::offset`]).
+    /// Entries of directory `dir` after `offset` (0 = from the start; otherwise an offset this
+    /// method handed out, see [`DirPage::offset`]).
     ///
-    /// A listing is a snapshot taken at offset 0 and kept under a small id that every offset
-    /// of the listing carries, so a reader that goes on (or seeks back) reads the same snapshot:
-    /// nothing is skipped or repeated while the directory changes, and two readers of one
-    /// directory never mix their listings. Snapshots are dropped when read to the end, or
-    /// when too many are held (least recently used first); a reader whose snapshot is gone
-    /// gets a fresh one, from the same position.
+    /// Entries come in the order of their offsets, and an entry's offset is a function of its
+    /// name (see `name_key`): going on from an offset returns the entries of the current
+    /// listing whose offsets are larger. So nothing that stays in the directory is skipped or
+    /// repeated while the directory changes, also when the listing the offset came from is long
+    /// gone (the kernel caches listings and hands their offsets to later readers: opendir has
+    /// no handle) or when the reader seeks back (telldir/seekdir). Offset 0 merges the
+    /// directory anew; the listing is kept for the readers going on from it until read to the
+    /// end (or when too many entries are held, least recently used first), else merged again.
+    /// Two names with the same 63-bit hash (never seen in practice) still both appear once in a
+    /// listing read without changes.
     pub fn readdir(&self, dir: Ino, offset: u64) -> Result<DirPage> {
         let inode = self.inode(dir)?;
         if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (id, start) = if offset == 0 { (ListingId::NONE, 0) } else { ListingId::decode(offset) };
-        if id != ListingId::NONE {
-            let mut t = lock(&self.listings);
-            if let Some(l) = t.get(id, dir) {
-                if start >= l.len() {
-                    t.remove(id);
-                }
-                return Ok(DirPage { entries: l, start, id });
+        let key = (dir, inode.generation);
+        let cached = if offset == 0 { None } else { lock(&self.listings).get(key) };
+        let (entries, keys) = match cached {
+            Some(l) => l,
+            None => {
+                let l = self.sorted_listing(&inode)?;
+                lock(&self.listings).insert(key, l.clone());
+                l
+            }
+        };
+        let start = keys.partition_point(|k| *k <= offset);
+        if start >= entries.len() {
+            lock(&self.listings).remove(key);
+        }
+        Ok(DirPage { entries, start, keys })
+    }
+
+    /// The merged listing of `dir` in offset order, with the offsets (strictly increasing:
+    /// a name whose hash is taken by another gets the next free offset).
+    fn sorted_listing(&self, dir: &Inode) -> Result<Listing> {
+        let mut v: Vec<(u64, DirEntry)> =
+            self.snapshot(dir, usize::MAX)?.into_iter().map(|e| (name_key(&e.name), e)).collect();
+        v.sort_unstable_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+        for i in 1..v.len() {
+            if v[i].0 <= v[i - 1].0 {
+                v[i].0 = v[i - 1].0 + 1;
             }
         }
-        let entries = Arc::new(self.snapshot(&inode, usize::MAX)?);
-        let id =
-            if start >= entries.len() { ListingId::NONE } else { lock(&self.listings).insert(dir, entries.clone()) };
-        Ok(DirPage { entries, start, id })
+        let keys = v.iter().map(|e| e.0).collect();
+        let entries = v.into_iter().map(|e| e.1).collect();
+        Ok((Arc::new(entries), Arc::new(keys)))
     }
 
     /// The merged listing of `dir` ("." and ".." first), at most `limit` entries.
@@ -2574,37 +2568,57 @@ mod tests {
     }
 
     #[test]
-    fn listings_keep_their_snapshot_until_read_to_the_end() {
+    fn listings_go_on_from_any_offset_without_skips_or_repeats() {
         let f = fixture(base());
         let u = &f.u;
         let a = path_ino(u, "a").unwrap();
-        let p1 = u.readdir(a.ino, 0).unwrap();
-        assert_eq!(p1.entries.len(), 4);
-        let mid = p1.offset(2);
-        assert!(mid < 1 << 31, "short listings keep 32-bit offsets");
-        let (_, o) = u.create(&CTX, a.ino, b"zz", 0o644, libc::O_WRONLY).unwrap();
-        u.release(o.fh);
-        let p2 = u.readdir(a.ino, 0).unwrap();
-        assert!(p2.entries.iter().any(|e| e.name == b"zz"));
-        // The first reader goes on in its own snapshot.
-        let p1b = u.readdir(a.ino, mid).unwrap();
-        assert!(Arc::ptr_eq(&p1.entries, &p1b.entries));
-        assert_eq!(p1b.start, 3);
-        let end = u.readdir(a.ino, p1.offset(3)).unwrap();
-        assert_eq!(end.start, end.entries.len());
-        // Read to the end: gone; going on from an old offset gets a fresh snapshot.
-        let again = u.readdir(a.ino, mid).unwrap();
-        assert!(!Arc::ptr_eq(&p1.entries, &again.entries));
-        assert_eq!(again.start, 3);
-        // Offsets of another directory's listing are not mixed up with this one's.
-        let root = u.readdir(Ino::ROOT, 0).unwrap();
-        let other = u.readdir(a.ino, root.offset(1)).unwrap();
-        assert!(!Arc::ptr_eq(&root.entries, &other.entries));
-        for (id, pos, len) in [(1, 1, 10), (SHORT_IDS, 5, (1 << POS_BITS) - 1), (SHORT_IDS + 7, 1 << 22, 1 << 23)] {
-            let off = ListingId(id).encode(pos, len);
-            assert_eq!(ListingId::decode(off), (ListingId(id), pos));
-            assert_eq!(off < 1 << 31, len < 1 << POS_BITS);
+        for i in 0..300 {
+            let (_, o) = u.create(&CTX, a.ino, format!("f{i}").as_bytes(), 0o644, libc::O_WRONLY).unwrap();
+            u.release(o.fh);
         }
+        let name = |e: &DirEntry| String::from_utf8_lossy(&e.name).into_owned();
+        let p = u.readdir(a.ino, 0).unwrap();
+        assert_eq!(p.entries.len(), 2 + 2 + 300);
+        assert!((1..p.entries.len()).all(|i| p.offset(i - 1) < p.offset(i)), "offsets increase");
+        let mut seen: Vec<String> = p.entries[..150].iter().map(name).collect();
+        let off = p.offset(149);
+        // Changes on both sides of the reader's position, then the listing is lost (evicted,
+        // or the reader went on from the kernel's cache of an older listing).
+        let before: Vec<String> = p.entries[2..].iter().map(name).collect();
+        let (read, unread) = (before[10].clone(), before[200].clone());
+        for n in [&read, &unread] {
+            u.remove(a.ino, n.as_bytes(), false).unwrap();
+        }
+        for i in 0..50 {
+            let (_, o) = u.create(&CTX, a.ino, format!("new{i}").as_bytes(), 0o644, libc::O_WRONLY).unwrap();
+            u.release(o.fh);
+        }
+        *lock(&u.listings) = Listings::new();
+        let mut off = off;
+        loop {
+            let q = u.readdir(a.ino, off).unwrap();
+            if q.start >= q.entries.len() {
+                break;
+            }
+            seen.push(name(&q.entries[q.start]));
+            off = q.offset(q.start);
+        }
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "repeated entries");
+        for n in before.iter().filter(|n| **n != read && **n != unread) {
+            assert!(seen.contains(n), "{n} skipped");
+        }
+        assert!(!seen.contains(&unread));
+        // Seeking back goes on after the same entry (in the current listing); an offset past
+        // the end gives nothing.
+        let back = u.readdir(a.ino, p.offset(99)).unwrap();
+        assert!(back.offset(back.start - 1) <= p.offset(99) && back.offset(back.start) > p.offset(99));
+        assert!(back.entries[back.start..].iter().take(20).any(|e| e.name == p.entries[100].name));
+        assert!(!back.entries[back.start..].iter().any(|e| e.name == p.entries[99].name));
+        let end = u.readdir(a.ino, u64::MAX >> 1).unwrap();
+        assert_eq!(end.start, end.entries.len());
     }
 
     #[test]
