@@ -758,18 +758,23 @@ impl Union {
         CString::new(format!("{}-{}", o.0.0, o.1.0)).unwrap_or_default()
     }
 
-    fn link_alias_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
-        self.copy_up(parent)?;
-        let mut pg = parent.state();
+    /// Where to link an upper object from: its index entry when it has one (by name: no
+    /// `linkat(AT_EMPTY_PATH)`, which needs CAP_DAC_READ_SEARCH), else its upper location.
+    fn link_source(&self, inode: &Inode) -> Result<Loc> {
         let (indexed, origin) = {
             let s = inode.state();
             (s.indexed, s.origin)
         };
-        let src = match origin {
-            // Through the index by name: no linkat(AT_EMPTY_PATH) needed.
-            Some(o) if indexed => Loc::At(self.index_fd()?, Self::index_key(o)),
-            _ => self.upper_loc(inode)?,
-        };
+        match origin {
+            Some(o) if indexed => Ok(Loc::At(self.index_fd()?, Self::index_key(o))),
+            _ => self.upper_loc(inode),
+        }
+    }
+
+    fn link_alias_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up(parent)?;
+        let mut pg = parent.state();
+        let src = self.link_source(inode)?;
         let pfd = self.upper_dir_fd(parent)?;
         let (sd, sn) = src.dir_name();
         let cname = sys::cstr(name)?;
@@ -1282,7 +1287,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         self.copy_up(&inode)?;
-        let src = self.upper_loc(&inode)?;
+        let src = self.link_source(&inode)?;
         let origin = inode.state().origin;
         let np = self.inode(newparent)?;
         // Link, replacing a whiteout like any creation.
@@ -2442,9 +2447,14 @@ mod tests {
         assert_eq!(times(u.getattr(g.ino, None).unwrap()), times(g));
         assert!(!upper_path(&f).join("g").exists(), "a lookup copied the parent up");
         assert_eq!(read_all(u, y.ino), b"DATA");
-        // Changes through the alias reach the copy; renaming and removing it keep the count.
+        // Changes through the alias reach the copy; linking, renaming and removing it keep
+        // the count.
         u.setattr(y.ino, &SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
         assert_eq!(path_ino(u, "h/x").unwrap().perm, 0o600);
+        assert_eq!(u.link(y.ino, g.ino, b"w").unwrap().nlink, 3);
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 3);
+        u.remove(g.ino, b"w", false).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 2);
         u.rename(g.ino, b"y", g.ino, b"z", 0).unwrap();
         assert_eq!(path_ino(u, "g/z").unwrap().nlink, 2);
         let f = remount(f, lowers());
