@@ -83,103 +83,76 @@ pub struct DirEntry {
 /// Part of a directory listing (see [`Union::readdir`]).
 #[derive(Clone, Debug)]
 pub struct DirPage {
-    /// The whole listing ("." and ".." first).
+    /// The whole listing ("." and ".." first, then in the order of their offsets).
     pub entries: Arc<Vec<DirEntry>>,
     /// Index of the first entry to return.
     pub start: usize,
-    id: ListingId,
+    keys: Arc<Vec<u64>>,
 }
 
 impl DirPage {
     /// The offset that continues the listing after `entries[i]`.
     pub fn offset(&self, i: usize) -> u64 {
-        self.id.encode(i + 1, self.entries.len())
+        self.keys[i]
     }
 }
 
-/// The id of a listing snapshot, carried by its offsets. Offsets stay below 2^31 (a 32-bit
-/// `off_t`, as 32-bit programs see it) for listings of up to 2^21 entries: the id in bits
-/// 21..31 (1..=1023), the position in bits 0..21. Longer listings use 64-bit offsets: id in
-/// the high half.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ListingId(u32);
-
-const POS_BITS: u32 = 21;
-const SHORT_IDS: u32 = 1023;
-
-impl ListingId {
-    const NONE: ListingId = ListingId(0);
-
-    fn encode(self, pos: usize, len: usize) -> u64 {
-        if len < 1 << POS_BITS && self.0 <= SHORT_IDS {
-            u64::from(self.0) << POS_BITS | pos as u64
-        } else {
-            u64::from(self.0) << 32 | pos as u64
-        }
-    }
-
-    fn decode(offset: u64) -> (ListingId, usize) {
-        if offset >> 31 == 0 {
-            (ListingId((offset >> POS_BITS) as u32), (offset & ((1 << POS_BITS) - 1)) as usize)
-        } else {
-            (ListingId((offset >> 32) as u32), (offset & 0xffff_ffff) as usize)
+/// The offset of a directory entry: a function of its name alone (1 and 2 for "." and "..";
+/// names hash to `3..2^63`), so an offset means the same in every listing of a directory and
+/// a listing continued from it skips and repeats nothing, however the directory changed and
+/// whichever listing the offset came from (the kernel's cache of an older one included).
+fn name_key(name: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    match name {
+        b"." => 1,
+        b".." => 2,
+        _ => {
+            // SipHash with fixed keys: the same in every listing of this process.
+            let mut h = std::hash::DefaultHasher::new();
+            name.hash(&mut h);
+            3 + h.finish() % ((1 << 63) - 3)
         }
     }
 }
 
-/// Listing snapshots by id (a leaf lock).
+/// A listing in offset order, with the offsets.
+type Listing = (Arc<Vec<DirEntry>>, Arc<Vec<u64>>);
+
+/// Recent listings by directory (a leaf lock), so that a reader going on from an offset finds
+/// the listing without merging the directory again.
 struct Listings {
-    map: lru::LruCache<ListingId, (Ino, Arc<Vec<DirEntry>>)>,
+    map: lru::LruCache<(Ino, Generation), Listing>,
     entries: usize,
-    next_short: u32,
-    next_long: u32,
 }
 
-/// At most this many entries are held in snapshots (beyond it the oldest go).
+/// At most this many entries are held in listings (beyond it the oldest go).
 const LISTING_ENTRIES: usize = 1 << 18;
 
 impl Listings {
     fn new() -> Listings {
-        Listings {
-            map: lru::LruCache::new(NonZeroUsize::new(SHORT_IDS as usize).unwrap_or(NonZeroUsize::MIN)),
-            entries: 0,
-            next_short: 0,
-            next_long: SHORT_IDS,
-        }
+        Listings { map: lru::LruCache::unbounded(), entries: 0 }
     }
 
-    fn get(&mut self, id: ListingId, dir: Ino) -> Option<Arc<Vec<DirEntry>>> {
-        match self.map.get(&id) {
-            Some((d, l)) if *d == dir => Some(l.clone()),
-            _ => None,
-        }
+    fn get(&mut self, dir: (Ino, Generation)) -> Option<Listing> {
+        self.map.get(&dir).cloned()
     }
 
-    fn remove(&mut self, id: ListingId) {
-        if let Some((_, l)) = self.map.pop(&id) {
+    fn remove(&mut self, dir: (Ino, Generation)) {
+        if let Some((l, _)) = self.map.pop(&dir) {
             self.entries -= l.len();
         }
     }
 
-    fn insert(&mut self, dir: Ino, l: Arc<Vec<DirEntry>>) -> ListingId {
-        let id = if l.len() < 1 << POS_BITS {
-            self.next_short = self.next_short % SHORT_IDS + 1;
-            ListingId(self.next_short)
-        } else {
-            self.next_long = self.next_long.checked_add(1).filter(|n| *n < 1 << 31).unwrap_or(SHORT_IDS + 1);
-            ListingId(self.next_long)
-        };
-        self.remove(id);
-        self.entries += l.len();
-        if let Some((_, (_, old))) = self.map.push(id, (dir, l)) {
+    fn insert(&mut self, dir: (Ino, Generation), l: Listing) {
+        self.entries += l.0.len();
+        if let Some((_, (old, _))) = self.map.push(dir, l) {
             self.entries -= old.len();
         }
         while self.entries > LISTING_ENTRIES && self.map.len() > 1 {
-            if let Some((_, (_, old))) = self.map.pop_lru() {
+            if let Some((_, (old, _))) = self.map.pop_lru() {
                 self.entries -= old.len();
             }
         }
-        id
     }
 }
 
@@ -324,6 +297,8 @@ pub struct Union {
     layers: Vec<Arc<dyn Lower>>,
     upper: Option<Upper>,
     upper_root: Option<Arc<OwnedFd>>,
+    /// `WORK/index` (hard-link index), shared with `Loc`s.
+    index_fd: Option<Arc<OwnedFd>>,
     table: InodeTable,
     root: Arc<Inode>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
@@ -406,6 +381,14 @@ impl Union {
             })?)),
             None => None,
         };
+        let index_fd = match &upper {
+            Some(u) => Some(Arc::new(nix::unistd::dup(u.index()).map_err(|e| SetupError::Open {
+                what: "index directory",
+                path: "(fd)".into(),
+                source: e.into(),
+            })?)),
+            None => None,
+        };
         let root_opaque = match (&upper, &upper_root) {
             (Some(u), Some(r)) => u.is_opaque(&sys::XattrPath::fd(r.as_fd())),
             _ => false,
@@ -439,6 +422,7 @@ impl Union {
             layers,
             upper,
             upper_root,
+            index_fd,
             table,
             root,
             handles: Mutex::new(HashMap::new()),
@@ -497,6 +481,10 @@ impl Union {
         let fd = Arc::new(sys::openat(pfd.as_fd(), &sys::cstr(&pos.name)?, libc::O_PATH | libc::O_DIRECTORY, 0)?);
         lock(&self.dir_fds).put(inode.ino, (inode.generation, fd.clone()));
         Ok(fd)
+    }
+
+    fn index_fd(&self) -> Result<Arc<OwnedFd>> {
+        self.index_fd.clone().ok_or(Errno::EROFS)
     }
 
     fn forget_dir_fd(&self, ino: Ino) {
@@ -644,8 +632,12 @@ impl Union {
         let origin = if kind.is_dir() || ps.impure { self.read_origin(&at) } else { None };
         if kind.is_dir() {
             state.impure = u.get(&at, &u.names.impure).as_deref() == Some(b"y");
-            if !ps.lowers.is_empty() && !u.is_opaque(&at) {
-                if let Some(redirect) = u.get(&at, &u.names.redirect) {
+            // A redirect counts wherever the directory sits: a merged directory moved into a
+            // directory with no lower parts (`mkdir new; mv lowerdir new/`) keeps its lower
+            // contents through it.
+            let redirect = u.get(&at, &u.names.redirect);
+            if (redirect.is_some() || !ps.lowers.is_empty()) && !u.is_opaque(&at) {
+                if let Some(redirect) = redirect {
                     let path = if let Some(abs) = redirect.strip_prefix(b"/") {
                         abs.to_vec()
                     } else {
@@ -658,7 +650,10 @@ impl Union {
                     state.lower_path = ps.lower_path.as_ref().map(|p| join(p, name));
                 }
             }
-        } else if st.st_nlink > 1 && origin.is_some() {
+        } else if st.st_nlink > 1 && origin.is_some() && u.get(&at, &u.names.nlink).is_some() {
+            // Linked into the hard-link index (copy-up of a lower hard link): the index holds
+            // one of the links. A copy-up of a file with one link that was `ln`ed since has
+            // more links but no index entry, and counts them all.
             state.indexed = true;
         } else if kind == FileKind::Regular && u.get(&at, &u.names.metacopy).is_some() {
             // Data still in the lower file at the same path.
@@ -717,41 +712,72 @@ impl Union {
         let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
         let upper_found = found.state.upper;
         let inode = self.instantiate(&p, name, found, 1);
-        // A lower alias of a hard link whose copy exists (this mount, or in the index): link
-        // the alias to the copy so all names keep sharing data.
-        if !upper_found && inode.kind == FileKind::Regular && self.upper.is_some() {
-            let (has_upper, origin) = {
-                let s = inode.state();
-                (s.upper, s.origin)
-            };
-            if has_upper {
-                if let Err(e) = self.link_alias_up(&p, name, &inode) {
-                    tracing::warn!(?e, "linking a hard-link alias to its copy failed");
-                }
-            } else if let Some(o) = origin
-                && self.index_has(o)
-            {
-                self.copy_up(&inode)?;
+        // A lower alias of a hard link whose copy exists: in this mount the inode already
+        // addresses the copy (through another name); after a remount the copy is found in the
+        // index. Either way the alias shares the copy's data and attributes without being
+        // linked into its own directory: a lookup changes nothing in the upper (the parent's
+        // times stay). The name is linked up when it is itself changed (see `name_up`).
+        let attr = self.attr_of(&inode)?;
+        if !upper_found && attr.nlink > 1 && inode.kind == FileKind::Regular && self.upper.is_some() {
+            self.attach_index(&inode)?;
+            return self.attr_of(&inode);
+        }
+        Ok(attr)
+    }
+
+    /// Points a lower-only inode at its copy in the hard-link index, if there is one.
+    fn attach_index(&self, inode: &Inode) -> Result<()> {
+        let u = self.upper()?;
+        let mut s = inode.state();
+        let Some(o) = s.origin.filter(|_| !s.upper) else { return Ok(()) };
+        let fd = match sys::openat(self.index_fd()?.as_fd(), &Self::index_key(o), libc::O_PATH, 0) {
+            Ok(fd) => Arc::new(fd),
+            Err(e) if is_enoent(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        s.indexed = u.get(&sys::XattrPath::fd(fd.as_fd()), &u.names.nlink).is_some();
+        s.upper = true;
+        s.metacopy = false;
+        s.lowers.clear();
+        inode.set_pos(|p| p.detached = Some(fd));
+        Ok(())
+    }
+
+    /// Makes sure the object at `name` in `parent` (`inode`) has an upper entry under that
+    /// very name: copy-up, and for a name of a lower hard link whose copy sits under another
+    /// name (or in the index), a link to that copy. Done before an operation changes the name.
+    fn name_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
+        self.copy_up(inode)?;
+        if inode.kind == FileKind::Regular {
+            let s = parent.state().clone();
+            if self.resolve(parent, &s, name)?.is_some_and(|f| !f.state.upper) {
+                self.link_alias_up(parent, name, inode)?;
             }
         }
-        self.attr_of(&inode)
+        Ok(())
     }
 
     fn index_key(o: (LayerId, LowerIno)) -> CString {
         CString::new(format!("{}-{}", o.0.0, o.1.0)).unwrap_or_default()
     }
 
-    fn index_has(&self, o: (LayerId, LowerIno)) -> bool {
-        match &self.upper {
-            Some(u) => sys::fstatat(u.index(), &Self::index_key(o)).is_ok(),
-            None => false,
+    /// Where to link an upper object from: its index entry when it has one (by name: no
+    /// `linkat(AT_EMPTY_PATH)`, which needs CAP_DAC_READ_SEARCH), else its upper location.
+    fn link_source(&self, inode: &Inode) -> Result<Loc> {
+        let (indexed, origin) = {
+            let s = inode.state();
+            (s.indexed, s.origin)
+        };
+        match origin {
+            Some(o) if indexed => Ok(Loc::At(self.index_fd()?, Self::index_key(o))),
+            _ => self.upper_loc(inode),
         }
     }
 
     fn link_alias_up(&self, parent: &Arc<Inode>, name: &[u8], inode: &Arc<Inode>) -> Result<()> {
         self.copy_up(parent)?;
         let mut pg = parent.state();
-        let src = self.upper_loc(inode)?;
+        let src = self.link_source(inode)?;
         let pfd = self.upper_dir_fd(parent)?;
         let (sd, sn) = src.dir_name();
         let cname = sys::cstr(name)?;
@@ -949,10 +975,14 @@ impl Union {
                 return Err(e);
             }
             if hardlinked {
+                // The nlink xattr marks the copy as indexed (see `resolve_upper`): both or neither.
                 let at = sys::XattrPath::child(work, &tmp);
-                let _ = u.set(&at, &u.names.nlink, a.nlink.to_string().as_bytes());
-                if let Err(e) = sys::linkat(work, &tmp, u.index(), &Self::index_key(origin)) {
-                    tracing::warn!(%e, "cannot add copy-up to hard-link index");
+                let r = u
+                    .set(&at, &u.names.nlink, a.nlink.to_string().as_bytes())
+                    .and_then(|()| Ok(sys::linkat(work, &tmp, u.index(), &Self::index_key(origin))?));
+                if let Err(e) = r {
+                    let _ = sys::unlinkat(work, &tmp, false);
+                    return Err(e);
                 }
             }
             if let Err(e) = sys::renameat2(work, &tmp, pfd.as_fd(), &cname, libc::RENAME_NOREPLACE) {
@@ -1260,7 +1290,7 @@ impl Union {
             return Err(Errno::EPERM);
         }
         self.copy_up(&inode)?;
-        let src = self.upper_loc(&inode)?;
+        let src = self.link_source(&inode)?;
         let origin = inode.state().origin;
         let np = self.inode(newparent)?;
         // Link, replacing a whiteout like any creation.
@@ -1481,6 +1511,10 @@ impl Union {
             return Ok(()); // two names of one file: nothing to do
         }
         let src_kind = src_found.kind;
+        // The lower file behind the destination name when that name is not in the upper.
+        let dst_lower = dst_found.as_ref().and_then(|d| {
+            (d.kind == FileKind::Regular && !d.state.upper).then(|| d.state.lowers.first().copied()).flatten()
+        });
         let src = self.probe_inode(&op, oname, src_found);
         let dst = dst_found.map(|f| self.probe_inode(&np, nname, f));
         if let Some(d) = &dst
@@ -1493,25 +1527,17 @@ impl Union {
                 _ => {}
             }
         }
-        self.copy_up(&src)?;
+        self.name_up(&op, oname, &src)?;
         if exchange && let Some(d) = &dst {
-            self.copy_up(d)?;
+            self.name_up(&np, nname, d)?;
         }
         // A lower hard link losing this name: index it first (see `remove`).
-        let dst_lower = dst.as_ref().and_then(|d| {
-            let s = d.state();
-            (d.kind == FileKind::Regular && !s.upper).then(|| s.lowers.first().copied()).flatten()
-        });
         if !exchange
             && let Some(d) = &dst
             && let Some(lr) = dst_lower
             && self.layers[lr.layer].getattr(lr.ino)?.nlink > 1
         {
-            self.copy_up(d)?;
-            let s = np.state().clone();
-            if self.resolve(&np, &s, nname)?.is_some_and(|f| !f.state.upper) {
-                self.link_alias_up(&np, nname, d)?;
-            }
+            self.name_up(&np, nname, d)?;
         }
 
         // Phase 2: lock both parents (see the lock order in inode.rs) and move.
@@ -2000,34 +2026,55 @@ impl Union {
         Ok(!inode.state().upper)
     }
 
-    /// Entries of directory `dir` from `offset` (0 = start; otherwise an offset this method
-    /// handed out, see [`DirPage::offset`]).
+    /// Entries of directory `dir` after `offset` (0 = from the start; otherwise an offset this
+    /// method handed out, see [`DirPage::offset`]).
     ///
-    /// A listing is a snapshot taken at offset 0 and kept under a small id that every offset
-    /// of the listing carries, so a reader that goes on (or seeks back) reads the same snapshot:
-    /// nothing is skipped or repeated while the directory changes, and two readers of one
-    /// directory never mix their listings. Snapshots are dropped when read to the end, or
-    /// when too many are held (least recently used first); a reader whose snapshot is gone
-    /// gets a fresh one, from the same position.
+    /// Entries come in the order of their offsets, and an entry's offset is a function of its
+    /// name (see `name_key`): going on from an offset returns the entries of the current
+    /// listing whose offsets are larger. So nothing that stays in the directory is skipped or
+    /// repeated while the directory changes, also when the listing the offset came from is long
+    /// gone (the kernel caches listings and hands their offsets to later readers: opendir has
+    /// no handle) or when the reader seeks back (telldir/seekdir). Offset 0 merges the
+    /// directory anew; the listing is kept for the readers going on from it until read to the
+    /// end (or when too many entries are held, least recently used first), else merged again.
+    /// Two names with the same 63-bit hash (never seen in practice) still both appear once in a
+    /// listing read without changes.
     pub fn readdir(&self, dir: Ino, offset: u64) -> Result<DirPage> {
         let inode = self.inode(dir)?;
         if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let (id, start) = if offset == 0 { (ListingId::NONE, 0) } else { ListingId::decode(offset) };
-        if id != ListingId::NONE {
-            let mut t = lock(&self.listings);
-            if let Some(l) = t.get(id, dir) {
-                if start >= l.len() {
-                    t.remove(id);
-                }
-                return Ok(DirPage { entries: l, start, id });
+        let key = (dir, inode.generation);
+        let cached = if offset == 0 { None } else { lock(&self.listings).get(key) };
+        let (entries, keys) = match cached {
+            Some(l) => l,
+            None => {
+                let l = self.sorted_listing(&inode)?;
+                lock(&self.listings).insert(key, l.clone());
+                l
+            }
+        };
+        let start = keys.partition_point(|k| *k <= offset);
+        if start >= entries.len() {
+            lock(&self.listings).remove(key);
+        }
+        Ok(DirPage { entries, start, keys })
+    }
+
+    /// The merged listing of `dir` in offset order, with the offsets (strictly increasing:
+    /// a name whose hash is taken by another gets the next free offset).
+    fn sorted_listing(&self, dir: &Inode) -> Result<Listing> {
+        let mut v: Vec<(u64, DirEntry)> =
+            self.snapshot(dir, usize::MAX)?.into_iter().map(|e| (name_key(&e.name), e)).collect();
+        v.sort_unstable_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
+        for i in 1..v.len() {
+            if v[i].0 <= v[i - 1].0 {
+                v[i].0 = v[i - 1].0 + 1;
             }
         }
-        let entries = Arc::new(self.snapshot(&inode, usize::MAX)?);
-        let id =
-            if start >= entries.len() { ListingId::NONE } else { lock(&self.listings).insert(dir, entries.clone()) };
-        Ok(DirPage { entries, start, id })
+        let keys = v.iter().map(|e| e.0).collect();
+        let entries = v.into_iter().map(|e| e.1).collect();
+        Ok((Arc::new(entries), Arc::new(keys)))
     }
 
     /// The merged listing of `dir` ("." and ".." first), at most `limit` entries.
@@ -2325,6 +2372,105 @@ mod tests {
     }
 
     #[test]
+    fn merged_dir_moved_into_upper_only_dir_keeps_lower_contents() {
+        let f = fixture(base());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        let new = u.mkdir(&CTX, Ino::ROOT, b"new", 0o755).unwrap();
+        u.rename(Ino::ROOT, b"a", new.ino, b"a", 0).unwrap();
+        u.rename(Ino::ROOT, b"d", new.ino, b"d", 0).unwrap();
+        let check = |u: &Union, at: &str| {
+            assert_eq!(names(u, path_ino(u, at).unwrap().ino), ["bottom.txt", "top.txt"], "{at}");
+            assert_eq!(path_ino(u, at).unwrap().ino, a.ino, "{at}");
+            assert_eq!(read_all(u, path_ino(u, &format!("{at}/top.txt")).unwrap().ino), b"top");
+            assert_eq!(read_all(u, path_ino(u, &format!("{at}/bottom.txt")).unwrap().ino), b"bottom");
+        };
+        check(u, "new/a");
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "new/a");
+        assert_eq!(read_all(u, path_ino(u, "new/d/sub/f").unwrap().ino), b"f");
+        assert_eq!(path_ino(u, "a").unwrap_err(), Errno::ENOENT);
+        // Deeper, then back to where it came from.
+        let x = u.mkdir(&CTX, path_ino(u, "new").unwrap().ino, b"x", 0o755).unwrap();
+        let y = u.mkdir(&CTX, x.ino, b"y", 0o755).unwrap();
+        u.rename(path_ino(u, "new").unwrap().ino, b"a", y.ino, b"a", 0).unwrap();
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "new/x/y/a");
+        u.rename(path_ino(u, "new/x/y").unwrap().ino, b"a", Ino::ROOT, b"a", 0).unwrap();
+        let f = remount(f, base());
+        let u = &f.u;
+        check(u, "a");
+        assert_eq!(names(u, path_ino(u, "new/x/y").unwrap().ino), Vec::<String>::new());
+    }
+
+    #[test]
+    fn link_of_a_single_link_lower_file_counts_two() {
+        let f = fixture(base());
+        let u = &f.u;
+        let t = path_ino(u, "a/top.txt").unwrap();
+        assert_eq!(t.nlink, 1);
+        assert_eq!(u.link(t.ino, Ino::ROOT, b"t2").unwrap().nlink, 2);
+        let f = remount(f, base());
+        let u = &f.u;
+        let (t1, t2) = (path_ino(u, "a/top.txt").unwrap(), path_ino(u, "t2").unwrap());
+        assert_eq!((t1.nlink, t2.nlink), (2, 2));
+        assert_eq!((t1.ino, t2.ino), (t.ino, t.ino));
+        u.remove(Ino::ROOT, b"t2", false).unwrap();
+        assert_eq!(u.getattr(t1.ino, None).unwrap().nlink, 1);
+        let f = remount(f, base());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "a/top.txt").unwrap().nlink, 1);
+    }
+
+    #[test]
+    fn looking_up_an_indexed_alias_changes_no_parent() {
+        let lowers = || vec![MemLower::new("l").file("h/x", b"data", 0o644).dir("g", 0o755).hardlink("h/x", "g/y")];
+        let f = fixture(lowers());
+        let u = &f.u;
+        let x = path_ino(u, "h/x").unwrap();
+        let o = u.open(x.ino, libc::O_WRONLY).unwrap();
+        u.write(o.fh, 0, b"DATA").unwrap();
+        u.release(o.fh);
+        let times = |a: Attr| (a.mtime, a.ctime);
+        for round in 0..2 {
+            let g = path_ino(u, "g").unwrap();
+            let y = path_ino(u, "g/y").unwrap();
+            assert_eq!((y.ino, y.nlink), (x.ino, 2), "round {round}");
+            assert_eq!(times(u.getattr(g.ino, None).unwrap()), times(g), "round {round}");
+            assert_eq!(read_all(u, y.ino), b"DATA");
+        }
+        assert!(!upper_path(&f).join("g").exists(), "a lookup copied the parent up");
+        let f = remount(f, lowers());
+        let u = &f.u;
+        let g = path_ino(u, "g").unwrap();
+        let y = path_ino(u, "g/y").unwrap();
+        assert_eq!((y.ino, y.nlink), (x.ino, 2));
+        assert_eq!(times(u.getattr(g.ino, None).unwrap()), times(g));
+        assert!(!upper_path(&f).join("g").exists(), "a lookup copied the parent up");
+        assert_eq!(read_all(u, y.ino), b"DATA");
+        // Changes through the alias reach the copy; linking, renaming and removing it keep
+        // the count.
+        u.setattr(y.ino, &SetAttr { mode: Some(0o600), ..Default::default() }).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().perm, 0o600);
+        assert_eq!(u.link(y.ino, g.ino, b"w").unwrap().nlink, 3);
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 3);
+        u.remove(g.ino, b"w", false).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 2);
+        u.rename(g.ino, b"y", g.ino, b"z", 0).unwrap();
+        assert_eq!(path_ino(u, "g/z").unwrap().nlink, 2);
+        let f = remount(f, lowers());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "g/y").unwrap_err(), Errno::ENOENT);
+        let z = path_ino(u, "g/z").unwrap();
+        assert_eq!((z.ino, z.nlink, z.perm), (x.ino, 2, 0o600));
+        u.remove(path_ino(u, "g").unwrap().ino, b"z", false).unwrap();
+        assert_eq!(path_ino(u, "h/x").unwrap().nlink, 1);
+        assert_eq!(read_all(u, path_ino(u, "h/x").unwrap().ino), b"DATA");
+    }
+
+    #[test]
     fn whiteout_replaced_then_renamed_over() {
         let f = fixture(base());
         let u = &f.u;
@@ -2435,37 +2581,57 @@ mod tests {
     }
 
     #[test]
-    fn listings_keep_their_snapshot_until_read_to_the_end() {
+    fn listings_go_on_from_any_offset_without_skips_or_repeats() {
         let f = fixture(base());
         let u = &f.u;
         let a = path_ino(u, "a").unwrap();
-        let p1 = u.readdir(a.ino, 0).unwrap();
-        assert_eq!(p1.entries.len(), 4);
-        let mid = p1.offset(2);
-        assert!(mid < 1 << 31, "short listings keep 32-bit offsets");
-        let (_, o) = u.create(&CTX, a.ino, b"zz", 0o644, libc::O_WRONLY).unwrap();
-        u.release(o.fh);
-        let p2 = u.readdir(a.ino, 0).unwrap();
-        assert!(p2.entries.iter().any(|e| e.name == b"zz"));
-        // The first reader goes on in its own snapshot.
-        let p1b = u.readdir(a.ino, mid).unwrap();
-        assert!(Arc::ptr_eq(&p1.entries, &p1b.entries));
-        assert_eq!(p1b.start, 3);
-        let end = u.readdir(a.ino, p1.offset(3)).unwrap();
-        assert_eq!(end.start, end.entries.len());
-        // Read to the end: gone; going on from an old offset gets a fresh snapshot.
-        let again = u.readdir(a.ino, mid).unwrap();
-        assert!(!Arc::ptr_eq(&p1.entries, &again.entries));
-        assert_eq!(again.start, 3);
-        // Offsets of another directory's listing are not mixed up with this one's.
-        let root = u.readdir(Ino::ROOT, 0).unwrap();
-        let other = u.readdir(a.ino, root.offset(1)).unwrap();
-        assert!(!Arc::ptr_eq(&root.entries, &other.entries));
-        for (id, pos, len) in [(1, 1, 10), (SHORT_IDS, 5, (1 << POS_BITS) - 1), (SHORT_IDS + 7, 1 << 22, 1 << 23)] {
-            let off = ListingId(id).encode(pos, len);
-            assert_eq!(ListingId::decode(off), (ListingId(id), pos));
-            assert_eq!(off < 1 << 31, len < 1 << POS_BITS);
+        for i in 0..300 {
+            let (_, o) = u.create(&CTX, a.ino, format!("f{i}").as_bytes(), 0o644, libc::O_WRONLY).unwrap();
+            u.release(o.fh);
         }
+        let name = |e: &DirEntry| String::from_utf8_lossy(&e.name).into_owned();
+        let p = u.readdir(a.ino, 0).unwrap();
+        assert_eq!(p.entries.len(), 2 + 2 + 300);
+        assert!((1..p.entries.len()).all(|i| p.offset(i - 1) < p.offset(i)), "offsets increase");
+        let mut seen: Vec<String> = p.entries[..150].iter().map(name).collect();
+        let off = p.offset(149);
+        // Changes on both sides of the reader's position, then the listing is lost (evicted,
+        // or the reader went on from the kernel's cache of an older listing).
+        let before: Vec<String> = p.entries[2..].iter().map(name).collect();
+        let (read, unread) = (before[10].clone(), before[200].clone());
+        for n in [&read, &unread] {
+            u.remove(a.ino, n.as_bytes(), false).unwrap();
+        }
+        for i in 0..50 {
+            let (_, o) = u.create(&CTX, a.ino, format!("new{i}").as_bytes(), 0o644, libc::O_WRONLY).unwrap();
+            u.release(o.fh);
+        }
+        *lock(&u.listings) = Listings::new();
+        let mut off = off;
+        loop {
+            let q = u.readdir(a.ino, off).unwrap();
+            if q.start >= q.entries.len() {
+                break;
+            }
+            seen.push(name(&q.entries[q.start]));
+            off = q.offset(q.start);
+        }
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "repeated entries");
+        for n in before.iter().filter(|n| **n != read && **n != unread) {
+            assert!(seen.contains(n), "{n} skipped");
+        }
+        assert!(!seen.contains(&unread));
+        // Seeking back goes on after the same entry (in the current listing); an offset past
+        // the end gives nothing.
+        let back = u.readdir(a.ino, p.offset(99)).unwrap();
+        assert!(back.offset(back.start - 1) <= p.offset(99) && back.offset(back.start) > p.offset(99));
+        assert!(back.entries[back.start..].iter().take(20).any(|e| e.name == p.entries[100].name));
+        assert!(!back.entries[back.start..].iter().any(|e| e.name == p.entries[99].name));
+        let end = u.readdir(a.ino, u64::MAX >> 1).unwrap();
+        assert_eq!(end.start, end.entries.len());
     }
 
     #[test]

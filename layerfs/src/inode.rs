@@ -42,8 +42,10 @@ pub struct Pos {
     pub parent: Option<Arc<Inode>>,
     /// Name in the parent.
     pub name: Vec<u8>,
-    /// When the name is gone (unlinked while still referenced): an `O_PATH` fd to the upper
-    /// object, so operations on open-unlinked files keep working.
+    /// An `O_PATH` fd to the upper object when it is not reachable by `name`: the name is gone
+    /// (unlinked while still referenced, so operations on open-unlinked files keep working),
+    /// or it is a lower name of a hard link whose copy is in the index (not linked into the
+    /// parent until the name itself changes).
     pub detached: Option<Arc<OwnedFd>>,
 }
 

@@ -169,6 +169,144 @@ fn rename_matrix() {
     m.umount();
 }
 
+/// Makes the kernel forget unused dentries and inodes, so the next access asks the daemon.
+fn drop_caches() {
+    fs::write("/proc/sys/vm/drop_caches", b"2").unwrap();
+}
+
+/// `mkdir new; mv lowerdir new/`: a merged directory moved into a directory that exists only
+/// in the upper keeps its lower contents (through its redirect), also nested deeper, moved
+/// back, and after remount.
+#[test]
+fn merged_dir_moved_into_upper_only_dir() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(2);
+    write(e.l(1).join("lowerdir/bottom"), b"b");
+    write(e.l(0).join("lowerdir/top"), b"t");
+    write(e.l(0).join("lowerdir/sub/deep"), b"d");
+    let check = |at: &str, dir_ino: u64, when: &str| {
+        assert_eq!(ls(&e.m(at)), ["bottom", "sub", "top"], "{at} {when}");
+        let sub: Vec<String> = ls(&e.m(&format!("{at}/sub"))).into_iter().filter(|n| n != "added").collect();
+        assert_eq!(sub, ["deep"], "{at}/sub {when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/bottom"))).unwrap(), b"b", "{when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/top"))).unwrap(), b"t", "{when}");
+        assert_eq!(fs::read(e.m(&format!("{at}/sub/deep"))).unwrap(), b"d", "{when}");
+        assert_eq!(ino(&e.m(at)), dir_ino, "{at} st_ino {when}");
+    };
+    let m = e.mount();
+    let dir_ino = ino(&e.m("lowerdir"));
+    fs::create_dir(e.m("new")).unwrap();
+    sh(&format!("cd {} && mv lowerdir new/", e.mnt.display()));
+    check("new/lowerdir", dir_ino, "in the same mount");
+    drop_caches();
+    check("new/lowerdir", dir_ino, "after drop_caches");
+    m.umount();
+    let m = e.mount();
+    check("new/lowerdir", dir_ino, "after remount");
+    assert_eq!(ls(&e.mnt), ["new"]);
+    // deeper
+    fs::create_dir_all(e.m("new/a/b")).unwrap();
+    fs::rename(e.m("new/lowerdir"), e.m("new/a/b/lowerdir")).unwrap();
+    write(e.m("new/a/b/lowerdir/sub/added"), b"+");
+    drop_caches();
+    check("new/a/b/lowerdir", dir_ino, "nested");
+    m.umount();
+    let m = e.mount();
+    check("new/a/b/lowerdir", dir_ino, "nested, after remount");
+    assert_eq!(fs::read(e.m("new/a/b/lowerdir/sub/added")).unwrap(), b"+");
+    // and back
+    fs::rename(e.m("new/a/b/lowerdir"), e.m("lowerdir")).unwrap();
+    m.umount();
+    let m = e.mount();
+    check("lowerdir", dir_ino, "moved back, after remount");
+    assert!(ls(&e.m("new/a/b")).is_empty());
+    m.umount();
+}
+
+/// `ln` of a lower file with one link: both names count two links (same `st_ino`), also
+/// after remount; unlinking one brings the other back to one.
+#[test]
+fn link_of_single_link_lower_file() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    write(e.l(0).join("d/f"), b"data");
+    let m = e.mount();
+    let f_ino = ino(&e.m("d/f"));
+    fs::hard_link(e.m("d/f"), e.m("g")).unwrap();
+    let check = |when: &str| {
+        for p in ["d/f", "g"] {
+            let md = fs::metadata(e.m(p)).unwrap();
+            assert_eq!((md.ino(), md.nlink()), (f_ino, 2), "{p} {when}");
+            assert_eq!(fs::read(e.m(p)).unwrap(), b"data", "{p} {when}");
+        }
+    };
+    check("in the same mount");
+    drop_caches();
+    check("after drop_caches");
+    m.umount();
+    let m = e.mount();
+    check("after remount");
+    fs::remove_file(e.m("g")).unwrap();
+    assert_eq!(fs::metadata(e.m("d/f")).unwrap().nlink(), 1);
+    m.umount();
+    let m = e.mount();
+    assert_eq!(fs::metadata(e.m("d/f")).unwrap().nlink(), 1);
+    assert!(!e.m("g").exists());
+    m.umount();
+}
+
+/// Looking up a name of a hard link whose link group was copied up changes nothing: not the
+/// parent's times, not the upper (in the same mount and after remount).
+#[test]
+fn hardlink_alias_lookup_changes_no_parent() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    write(e.l(0).join("h/x"), b"old");
+    fs::create_dir(e.l(0).join("g")).unwrap();
+    fs::hard_link(e.l(0).join("h/x"), e.l(0).join("g/y")).unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    fs::File::open(e.l(0).join("g")).unwrap().set_times(fs::FileTimes::new().set_modified(old)).unwrap();
+    let times = |p: &str| {
+        let md = fs::metadata(e.m(p)).unwrap();
+        (md.mtime(), md.mtime_nsec(), md.ctime(), md.ctime_nsec())
+    };
+    let m = e.mount();
+    let g0 = times("g");
+    let x_ino = ino(&e.m("h/x"));
+    fs::OpenOptions::new().append(true).open(e.m("h/x")).unwrap().write_all(b"+new").unwrap();
+    let md = fs::metadata(e.m("g/y")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    drop_caches();
+    assert_eq!(times("g"), g0, "a lookup changed the parent (same mount)");
+    assert!(!e.upper.join("g").exists(), "a lookup copied the parent up");
+    m.umount();
+    let m = e.mount();
+    assert_eq!(times("g"), g0);
+    let md = fs::metadata(e.m("g/y")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    assert_eq!(fs::read(e.m("g/y")).unwrap(), b"old+new");
+    drop_caches();
+    assert_eq!(times("g"), g0, "a lookup changed the parent (after remount)");
+    assert!(!e.upper.join("g").exists(), "a lookup copied the parent up");
+    // changing the alias name itself links it up
+    fs::rename(e.m("g/y"), e.m("g/z")).unwrap();
+    m.umount();
+    let m = e.mount();
+    let md = fs::metadata(e.m("g/z")).unwrap();
+    assert_eq!((md.ino(), md.nlink()), (x_ino, 2));
+    assert_eq!(fs::read(e.m("g/z")).unwrap(), b"old+new");
+    assert_eq!(ls(&e.m("g")), ["z"]);
+    fs::remove_file(e.m("g/z")).unwrap();
+    assert_eq!(fs::metadata(e.m("h/x")).unwrap().nlink(), 1);
+    m.umount();
+}
+
 /// DESIGN 5: open-unlinked and open-renamed files keep working.
 #[test]
 fn open_unlinked_files() {
@@ -360,6 +498,98 @@ fn readdir_integrity() {
     let after = ls(&e.m("big"));
     assert!(!after.iter().any(|n| n.starts_with(".wh.")));
     assert_eq!(after.len(), names.len() - 20 + 30);
+    m.umount();
+    readdir_integrity_100k();
+}
+
+/// Part of `readdir_integrity`: a directory of 100,000 entries (60k from the bottom layer, 20k
+/// from the top one, 20k made in the upper through the mount) listed by two readers at once
+/// while entries of every origin are created, unlinked and renamed through the mount (by the
+/// reading thread and by another one). Neither reader sees a name twice or misses a name that
+/// existed throughout; afterwards (and after remount) the listing is exactly what is there.
+fn readdir_integrity_100k() {
+    let e = Env::new(2);
+    for (layer, prefix, n) in [(1, "b", 60_000), (0, "t", 20_000)] {
+        let d = e.l(layer).join("huge");
+        fs::create_dir(&d).unwrap();
+        for i in 0..n {
+            fs::File::create(d.join(format!("{prefix}{i:05}"))).unwrap();
+        }
+    }
+    let m = e.mount();
+    let d = e.m("huge");
+    for i in 0..20_000 {
+        fs::File::create(d.join(format!("u{i:05}"))).unwrap();
+    }
+    let initial: HashSet<std::ffi::OsString> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(initial.len(), 100_000);
+    // Names changed during the iteration (every 50th of each origin), and names created.
+    let touched = |n: &str| n[1..].parse::<u32>().is_ok_and(|i| i % 50 == 7);
+    let mut r1 = fs::read_dir(&d).unwrap();
+    let mut r2 = fs::read_dir(&d).unwrap();
+    let mut seen1 = HashSet::new();
+    let mut seen2 = HashSet::new();
+    let take = |it: &mut fs::ReadDir, seen: &mut HashSet<std::ffi::OsString>, k: usize| {
+        for _ in 0..k {
+            let Some(ent) = it.next() else { return };
+            let n = ent.unwrap().file_name();
+            assert!(seen.insert(n.clone()), "duplicate {n:?}");
+        }
+    };
+    take(&mut r1, &mut seen1, 30_000);
+    take(&mut r2, &mut seen2, 70_000);
+    let changer = |prefix: &'static str, n: u32| {
+        let d = d.clone();
+        move || {
+            for i in (7..n).step_by(50) {
+                let p = d.join(format!("{prefix}{i:05}"));
+                if i % 100 == 7 {
+                    fs::remove_file(&p).unwrap();
+                } else {
+                    fs::rename(&p, d.join(format!("r{prefix}{i:05}"))).unwrap();
+                }
+                fs::File::create(d.join(format!("n{prefix}{i:05}"))).unwrap();
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(changer("b", 60_000));
+        s.spawn(changer("t", 20_000));
+        changer("u", 20_000)();
+        // A full listing in between (the kernel's cache of the listing is gone by now).
+        assert!(fs::read_dir(&d).unwrap().count() > 90_000);
+        take(&mut r1, &mut seen1, 20_000);
+    });
+    take(&mut r1, &mut seen1, usize::MAX);
+    take(&mut r2, &mut seen2, usize::MAX);
+    drop((r1, r2));
+    for (which, seen) in [("first", &seen1), ("second", &seen2)] {
+        for n in &initial {
+            let s = n.to_string_lossy();
+            assert!(touched(&s) || seen.contains(n), "{which} reader missed {s}");
+        }
+        for n in seen {
+            let s = n.to_string_lossy();
+            assert!(initial.contains(n) || s.starts_with('n') || s.starts_with('r'), "{which} reader saw {s}");
+        }
+    }
+    let mut expected: std::collections::BTreeSet<String> =
+        initial.iter().map(|n| n.to_string_lossy().into_owned()).collect();
+    for (prefix, n) in [("b", 60_000), ("t", 20_000), ("u", 20_000)] {
+        for i in (7..n).step_by(50) {
+            let name = format!("{prefix}{i:05}");
+            assert!(expected.remove(&name));
+            if i % 100 != 7 {
+                expected.insert(format!("r{name}"));
+            }
+            expected.insert(format!("n{name}"));
+        }
+    }
+    let expected: Vec<String> = expected.into_iter().collect();
+    assert_eq!(ls(&d), expected);
+    m.umount();
+    let m = e.mount();
+    assert_eq!(ls(&d), expected);
     m.umount();
 }
 
