@@ -1070,3 +1070,54 @@ fn foreground_ready_fd() {
     assert_eq!(got, "");
     assert!(!child.wait().unwrap().success());
 }
+
+/// Unprivileged use: layerfs mounted by root of a user namespace (`unshare -Urm`: no
+/// capability in the initial namespace) writes `user.overlay.*` xattrs, never `trusted.*`, falls
+/// back from passthrough (and says so), cannot create devices; the upper it leaves is the same
+/// tree when mounted again by the real root.
+#[test]
+fn unprivileged_in_a_user_namespace() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new(1);
+    write(env.l(0).join("a"), b"lower a");
+    write(env.l(0).join("d/x"), b"x");
+    write(env.l(0).join("big"), &[7u8; 100_000]);
+    let log = env.upper.parent().unwrap().join("daemon.log");
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={},log={}",
+        env.lowerdir(),
+        env.upper.display(),
+        env.work.display(),
+        log.display()
+    );
+    let m = env.mnt.display();
+    let script = format!(
+        "set -e; {BIN} -o {opts} {m}; cat {m}/a; echo; rm {m}/a; echo new > {m}/b; rm -rf {m}/d; mkdir {m}/d; \
+         printf more >> {m}/big; cat {m}/big | wc -c; if mknod {m}/null c 1 3 2>/dev/null; then echo mknod-ok; fi; \
+         ls -A {m}; umount {m}"
+    );
+    let out = std::process::Command::new("unshare").args(["-Urm", "sh", "-c", &script]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("lower a\n100004\n"), "{stdout}");
+    assert!(!stdout.contains("mknod-ok"), "a device node was created in a user namespace: {stdout}");
+    assert_eq!(stdout.lines().skip(2).collect::<Vec<_>>(), ["b", "big", "d"], "{stdout}");
+    let log = fs::read_to_string(&log).unwrap();
+    assert!(log.contains("FUSE passthrough unavailable"), "the fallback is logged: {log}");
+    // The upper, as the user namespace left it.
+    let wh = whiteouts_in(&env.upper);
+    assert!(wh == ["a"] || wh == [".wh.a"], "{wh:?}");
+    assert_eq!(xattr_get(&env.upper.join("d"), "user.overlay.opaque").as_deref(), Some(&b"y"[..]));
+    assert_eq!(xattr_get(&env.upper.join("d"), "trusted.overlay.opaque"), None);
+    let listing = sh(&format!("getfattr -R -d -m - --absolute-names {} 2>/dev/null || true", env.upper.display()));
+    assert!(!listing.contains("trusted."), "no trusted.* xattr in the upper: {listing}");
+    assert_eq!(fs::read(env.upper.join("b")).unwrap(), b"new\n");
+    // Mounted again by the real root: the same tree.
+    let mnt = env.mount();
+    assert_eq!(ls(&env.mnt), ["b", "big", "d"]);
+    assert!(ls(&env.m("d")).is_empty(), "d stays opaque");
+    assert_eq!(fs::metadata(env.m("big")).unwrap().len(), 100_004);
+    mnt.umount();
+}
