@@ -10,45 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-struct ImageEnv {
-    env: Env,
-    store: PathBuf,
-}
-
-impl ImageEnv {
-    fn new() -> ImageEnv {
-        let env = Env::new();
-        layerfs_bin();
-        let store = make_image_store(env.tmp.path());
-        ImageEnv { env, store }
-    }
-
-    fn launcher(&self, args: &[&str]) -> std::process::Output {
-        let mut c = self.env.cmd(args);
-        c.env("LAYERFS_ROOT", &self.store);
-        output(c)
-    }
-
-    fn run(&self, args: &[&str]) -> std::process::Output {
-        let mut a = vec!["run"];
-        a.extend_from_slice(args);
-        self.launcher(&a)
-    }
-
-    fn inspect(&self, r: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(&ok(&self.launcher(&["inspect", r]))).unwrap();
-        v[0].clone()
-    }
-
-    fn layers(&self) -> usize {
-        std::fs::read_dir(self.store.join("layers")).unwrap().count()
-    }
-
-    fn tmp(&self) -> &Path {
-        self.env.tmp.path()
-    }
-}
-
 /// Adds, modifies and deletes files and replaces a directory of the image.
 const CHANGES: &str = "echo added > /srv/new-file && echo changed > /etc/os-release && rm /etc/base-only && \
                        rm -r /srv/app && mkdir /srv/app && echo only > /srv/app/only";
@@ -64,15 +25,15 @@ const SEEN_OUT: &str = "changed\nadded\nonly\ngone\nonly\n";
 #[test]
 fn diff_and_commit_a_stopped_container() {
     let t = ImageEnv::new();
-    ok(&t.run(&["--name", "w", "test:1", "sh", "-c", CHANGES]));
+    ok(&t.run(&[], &["--name", "w", "test:1", "sh", "-c", CHANGES]));
     assert_eq!(ok(&t.launcher(&["diff", "w"])), DIFF);
     let before = t.layers();
     let id = ok(&t.launcher(&["commit", "w", "test:changed"])).trim().to_string();
     assert!(id.starts_with("sha256:") && id.len() == 71, "{id:?}");
     assert_eq!(t.layers(), before + 1, "one new layer");
     // The new image: the changes, and the base image's configuration (cmd, env, workdir).
-    assert_eq!(ok(&t.run(&["--rm", "test:changed", "sh", "-c", SEEN])), SEEN_OUT);
-    assert_eq!(ok(&t.run(&["--rm", "-w", "/", "test:changed"])), "hello from / as 0\n");
+    assert_eq!(ok(&t.run(&[], &["--rm", "test:changed", "sh", "-c", SEEN])), SEEN_OUT);
+    assert_eq!(ok(&t.run(&[], &["--rm", "-w", "/", "test:changed"])), "hello from / as 0\n");
     // Committing again with no change stores nothing new: same layer, same image id.
     let again = ok(&t.launcher(&["commit", "w", "test:again"])).trim().to_string();
     assert_eq!(again, id);
@@ -92,13 +53,13 @@ fn diff_and_commit_a_stopped_container() {
     let id2 = ok(&o).trim().to_string();
     assert_ne!(id2, id, "another configuration");
     assert_eq!(t.layers(), before + 1, "the same layer");
-    assert_eq!(ok(&t.run(&["--rm", "test:cmd"])), "only\n");
-    assert!(ok(&t.run(&["--rm", "test:cmd", "env"])).contains("X=1\n"));
+    assert_eq!(ok(&t.run(&[], &["--rm", "test:cmd"])), "only\n");
+    assert!(ok(&t.run(&[], &["--rm", "test:cmd", "env"])).contains("X=1\n"));
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(t.store.join("images/test:cmd.json")).unwrap()).unwrap();
     assert_eq!(manifest["comment"], "msg", "{manifest}");
     // A container of the new image diffs against the new image: nothing yet.
-    ok(&t.run(&["--name", "w2", "test:changed", "true"]));
+    ok(&t.run(&[], &["--name", "w2", "test:changed", "true"]));
     assert_eq!(ok(&t.launcher(&["diff", "w2"])), "");
     // A bad change or name.
     let o = t.launcher(&["commit", "-c", "FROM x", "w", "test:bad"]);
@@ -122,7 +83,7 @@ fn counter(t: &ImageEnv, name: &str) -> u64 {
 fn commit_a_running_container_pauses_it() {
     let t = ImageEnv::new();
     let script = format!("{CHANGES} && i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done");
-    ok(&t.run(&["-d", "--name", "r", "test:1", "sh", "-c", &script]));
+    ok(&t.run(&[], &["-d", "--name", "r", "test:1", "sh", "-c", &script]));
     wait_for("the counter", &mut || counter(&t, "r") > 2);
     // Without a limit the container has a controller-less v2 cgroup, for the freezer.
     let st = t.inspect("r");
@@ -147,18 +108,18 @@ fn commit_a_running_container_pauses_it() {
     let after = counter(&t, "r");
     wait_for("the counter after commit", &mut || counter(&t, "r") > after);
     assert_eq!(t.inspect("r")["status"], "running");
-    assert_eq!(ok(&t.run(&["--rm", "test:live", "sh", "-c", SEEN])), SEEN_OUT);
-    let n: u64 = ok(&t.run(&["--rm", "test:live", "cat", "/tmp/count"])).trim().parse().unwrap();
+    assert_eq!(ok(&t.run(&[], &["--rm", "test:live", "sh", "-c", SEEN])), SEEN_OUT);
+    let n: u64 = ok(&t.run(&[], &["--rm", "test:live", "cat", "/tmp/count"])).trim().parse().unwrap();
     assert!(n > 0);
     assert!(ok(&t.launcher(&["diff", "r"])).contains("A /tmp/count\n"));
     // --pause=false: a snapshot of the live filesystem (after syncfs).
     ok(&t.launcher(&["commit", "--pause=false", "r", "test:live2"]));
-    assert_eq!(ok(&t.run(&["--rm", "test:live2", "sh", "-c", SEEN])), SEEN_OUT);
+    assert_eq!(ok(&t.run(&[], &["--rm", "test:live2", "sh", "-c", SEEN])), SEEN_OUT);
     ok(&t.launcher(&["rm", "-f", "r"]));
     assert!(!v2.exists(), "its cgroup is removed");
 
     // No cgroup to freeze: refused, unless --pause=false.
-    ok(&t.run(&["-d", "--name", "nocg", "--cgroups", "disabled", "test:1", "sleep", "1000"]));
+    ok(&t.run(&[], &["-d", "--name", "nocg", "--cgroups", "disabled", "test:1", "sleep", "1000"]));
     let o = t.launcher(&["commit", "nocg", "test:nocg"]);
     assert_eq!(code(&o), 1);
     assert!(
@@ -201,7 +162,7 @@ fn tree(tar_bytes: &[u8]) -> Tree {
 #[test]
 fn export_is_the_merged_view() {
     let t = ImageEnv::new();
-    ok(&t.run(&["--name", "e", "test:1", "sh", "-c", &format!("{CHANGES} && ln -s /srv/app/only /srv/link")]));
+    ok(&t.run(&[], &["--name", "e", "test:1", "sh", "-c", &format!("{CHANGES} && ln -s /srv/app/only /srv/link")]));
     let file = t.tmp().join("e.tar");
     ok(&t.launcher(&["export", "e", "-o", file.to_str().unwrap()]));
     let bytes = std::fs::read(&file).unwrap();
@@ -247,7 +208,7 @@ fn cp_both_ways() {
     let hs = |p: &str| h.join(p).to_str().unwrap().to_string();
     // Symlinks that point out of the container's root.
     let setup = "ln -s ../../../../../.. /srv/up && ln -s /etc /srv/etc-link && touch /tmp/ready && sleep 1000";
-    ok(&t.run(&["-d", "--name", "c", "test:1", "sh", "-c", setup]));
+    ok(&t.run(&[], &["-d", "--name", "c", "test:1", "sh", "-c", setup]));
     wait_for("the links", &mut || ok(&t.launcher(&["diff", "c"])).contains("A /tmp/ready\n"));
     for running in [true, false] {
         let out = h.join(if running { "out-run" } else { "out-stopped" });
@@ -300,7 +261,7 @@ fn cp_both_ways() {
         assert!(diff.contains(&format!("A {p}\n")), "{p}: {diff}");
     }
     ok(&t.launcher(&["commit", "c", "test:cp"]));
-    let seen = ok(&t.run(&["--rm", "test:cp", "cat", "/srv/file-stopped", "/etc/run", "/tmp/dir-stopped/sub/f"]));
+    let seen = ok(&t.run(&[], &["--rm", "test:cp", "cat", "/srv/file-stopped", "/etc/run", "/tmp/dir-stopped/sub/f"]));
     assert_eq!(seen, "host file\nhost file\nfrom host\n");
     ok(&t.launcher(&["rm", "c"]));
     assert_no_leaks(&t.env.state, "cp");

@@ -7,60 +7,6 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// An environment with an image store; `launcher` finds layerfs beside itself.
-struct ImageEnv {
-    env: Env,
-    store: PathBuf,
-}
-
-impl ImageEnv {
-    fn new() -> ImageEnv {
-        let env = Env::new();
-        layerfs_bin();
-        let store = make_image_store(env.tmp.path());
-        ImageEnv { env, store }
-    }
-
-    fn cmd(&self, args: &[&str]) -> std::process::Command {
-        let mut c = self.env.cmd(args);
-        c.env("LAYERFS_ROOT", &self.store);
-        c
-    }
-
-    fn launcher(&self, args: &[&str]) -> std::process::Output {
-        output(self.cmd(args))
-    }
-
-    /// `launcher run OPTS... ARGS...` (ARGS start with the image).
-    fn run(&self, opts: &[&str], args: &[&str]) -> std::process::Output {
-        let mut a = vec!["run"];
-        a.extend_from_slice(opts);
-        a.extend_from_slice(args);
-        self.launcher(&a)
-    }
-
-    fn detach(&self, opts: &[&str], args: &[&str]) -> String {
-        let mut o = vec!["-d"];
-        o.extend_from_slice(opts);
-        let id = ok(&self.run(&o, args)).trim().to_string();
-        assert_eq!(id.len(), 64, "{id:?}");
-        id
-    }
-
-    fn inspect(&self, r: &str) -> serde_json::Value {
-        let v: serde_json::Value = serde_json::from_str(&ok(&self.launcher(&["inspect", r]))).unwrap();
-        v[0].clone()
-    }
-
-    fn state_root(&self) -> &Path {
-        &self.env.state
-    }
-
-    fn assert_clean(&self, after: &str) {
-        assert_no_leaks(self.state_root(), after);
-    }
-}
-
 #[test]
 fn image_config_and_layers() {
     let t = ImageEnv::new();

@@ -372,3 +372,67 @@ pub fn assert_no_leaks_soon(root: &Path, after: &str) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An environment with an image store; `launcher` finds layerfs beside itself.
+pub struct ImageEnv {
+    pub env: Env,
+    pub store: PathBuf,
+}
+
+impl ImageEnv {
+    pub fn new() -> ImageEnv {
+        let env = Env::new();
+        layerfs_bin();
+        let store = make_image_store(env.tmp.path());
+        ImageEnv { env, store }
+    }
+
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = self.env.cmd(args);
+        c.env("LAYERFS_ROOT", &self.store);
+        c
+    }
+
+    pub fn launcher(&self, args: &[&str]) -> Output {
+        output(self.cmd(args))
+    }
+
+    /// `launcher run OPTS... ARGS...` (ARGS start with the image).
+    pub fn run(&self, opts: &[&str], args: &[&str]) -> Output {
+        let mut a = vec!["run"];
+        a.extend_from_slice(opts);
+        a.extend_from_slice(args);
+        self.launcher(&a)
+    }
+
+    pub fn detach(&self, opts: &[&str], args: &[&str]) -> String {
+        let mut o = vec!["-d"];
+        o.extend_from_slice(opts);
+        let id = ok(&self.run(&o, args)).trim().to_string();
+        assert_eq!(id.len(), 64, "{id:?}");
+        id
+    }
+
+    pub fn inspect(&self, r: &str) -> serde_json::Value {
+        let v: serde_json::Value = serde_json::from_str(&ok(&self.launcher(&["inspect", r]))).unwrap();
+        v[0].clone()
+    }
+
+    pub fn state_root(&self) -> &Path {
+        &self.env.state
+    }
+
+    pub fn assert_clean(&self, after: &str) {
+        assert_no_leaks(self.state_root(), after);
+    }
+
+    /// Number of layer files in the store.
+    pub fn layers(&self) -> usize {
+        std::fs::read_dir(self.store.join("layers")).unwrap().count()
+    }
+
+    /// The test's temporary directory.
+    pub fn tmp(&self) -> &Path {
+        self.env.tmp.path()
+    }
+}
