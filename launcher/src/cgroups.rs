@@ -419,18 +419,20 @@ impl Cgroup {
         false
     }
 
-    /// Removes the directories (retrying while the kernel still tears the last tasks down).
+    /// Removes the directories (retrying while the kernel still tears the last tasks down: after 50 µs, doubling
+    /// up to 10 ms, for 2 s at most).
     pub fn remove(&self) -> Result<(), CgroupError> {
         let mut first_err = None;
         for (_, d) in &self.dirs {
-            let mut tries = 0;
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut pause = std::time::Duration::from_micros(50);
             loop {
                 match std::fs::remove_dir(d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < end => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
                     Err(e) => {
                         first_err.get_or_insert(CgroupError::Remove { path: d.clone(), source: e });

@@ -18,7 +18,6 @@ struct ImageEnv {
 impl ImageEnv {
     fn new() -> ImageEnv {
         let env = Env::new();
-        layerfs_bin();
         let store = make_image_store(env.tmp.path());
         ImageEnv { env, store }
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// An environment with an image store; `launcher` finds layerfs beside itself.
+/// An environment with an image store.
 struct ImageEnv {
     env: Env,
     store: PathBuf,
@@ -16,7 +16,6 @@ struct ImageEnv {
 impl ImageEnv {
     fn new() -> ImageEnv {
         let env = Env::new();
-        layerfs_bin();
         let store = make_image_store(env.tmp.path());
         ImageEnv { env, store }
     }
