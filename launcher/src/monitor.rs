@@ -346,7 +346,9 @@ fn start_in(
     if !layerfs {
         flags |= CloneFlags::CLONE_NEWNS;
     }
-    if cfg.net.own_netns() {
+    // A network namespace without a veth is made by the init itself (see `init::Child::unshare_net`).
+    let unshare_net = cfg.net.own_netns() && net.is_none();
+    if cfg.net.own_netns() && !unshare_net {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if cfg.rootless {
@@ -377,6 +379,7 @@ fn start_in(
                 sock: child_sock,
                 stdio,
                 new_netns: cfg.net.own_netns(),
+                unshare_net,
                 network: net,
                 cgroupns: true,
             })
