@@ -593,6 +593,8 @@ fn daemon_child(
     // None of the monitor's descriptors (the CLI's socket, the container's pipes) may stay open in the daemon.
     sys::close_all_from(3, &[ready.as_raw_fd()]);
     sys::reset_signals();
+    // As in the `layerfs` program (Rust's runtime ignores it there): a write to a closed pipe is an error, not death.
+    sys::ignore_sigpipe();
     Ok(())
 }
 
