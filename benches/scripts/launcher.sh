@@ -136,7 +136,11 @@ print(f"beyond the workload = (RSS of monitors + RSS of daemons + page cache gro
       f"{(rss + cache) / count / MB:.2f} MB per container (goal: under 10); with PSS: {(pss + cache) / count / MB:.2f} MB")
 EOF
 "$bin/launcher" rm -f $(seq -f "bench%g" "$count") >/dev/null
-left=$(pgrep -fc "layerfs mount -f .*$LAUNCHER_ROOT" || true)
+# The daemons are forked children of the monitors named layerfs (comm), logging into their state directories.
+left=0
+for p in $(pgrep -x layerfs || true); do
+  case $(readlink "/proc/$p/fd/2" || true) in "$LAUNCHER_ROOT"/*) left=$((left + 1)) ;; esac
+done
 echo "after rm -f: $left layerfs daemons left, $(grep -c "$LAUNCHER_ROOT" /proc/self/mountinfo || true) mounts on the host"
 if [ -n "$cg" ]; then
   echo $$ > "$(dirname "$cg")/cgroup.procs"

@@ -198,6 +198,11 @@ pub struct Cgroup {
     /// Why there is no cgroup (shown by `inspect`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skipped: Option<String>,
+    /// No limit on a host without a cgroup v2 hierarchy: the v1 `freezer` directory that `commit --pause` moves
+    /// the container into when it pauses it ([`Cgroup::enter_freezer`]). Nothing joins it at start: the first
+    /// v1 migration of a process waits for an RCU grace period (9-15 ms here). Removed with the others.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freezer_on_demand: Option<PathBuf>,
 }
 
 fn write(path: PathBuf, value: &str) -> Result<(), CgroupError> {
@@ -311,13 +316,15 @@ impl Cgroup {
 
     /// No cgroup of its own: the container stays in the launcher's, for the reason given.
     pub fn none(reason: &str) -> Cgroup {
-        Cgroup { dirs: Vec::new(), skipped: Some(reason.into()) }
+        Cgroup { dirs: Vec::new(), skipped: Some(reason.into()), freezer_on_demand: None }
     }
 
     /// No limit asked for: a controller-less v2 directory only, when a v2 hierarchy takes one (root only),
     /// so that the container can be frozen (`cgroup.freeze`, for `commit --pause`). The container is cloned
     /// straight into it (`CLONE_INTO_CGROUP`): no migration, so this costs a `mkdir` and an `rmdir`. Without a
-    /// v2 hierarchy (or rootless) there is no cgroup of its own at all, for `reason`.
+    /// v2 hierarchy (or rootless) there is no cgroup of its own at all, for `reason`; as root on a host with a
+    /// v1 `freezer` hierarchy, the directory `commit --pause` would move the container into is noted
+    /// ([`Cgroup::freezer_on_demand`]).
     pub fn freezable(layout: &Layout, name: &str, rootless: bool, reason: &str) -> Cgroup {
         let mut cg = Cgroup::none(reason);
         if rootless {
@@ -329,17 +336,65 @@ impl Cgroup {
                 cg.dirs.push((true, dir));
                 cg.skipped = Some(format!("{reason}; a controller-less v2 cgroup only, to pause it"));
             }
+        } else if let Some(h) =
+            layout.hierarchies.iter().find(|h| h.version == Version::V1 && h.controllers.iter().any(|c| c == "freezer"))
+        {
+            cg.freezer_on_demand = Some(h.own.join(name));
+            cg.skipped = Some(format!("{reason}; moved into a v1 freezer cgroup when `commit` pauses it"));
         }
         cg
     }
 
-    /// Whether the container can be frozen: a v2 directory (`cgroup.freeze`) or a v1 `freezer` one.
+    /// For [`Cgroup::freezer_on_demand`]: creates that directory (once) and moves every process of the container
+    /// (whose init is `init`: the members of its pid namespace and the init's descendants) into it, pass after
+    /// pass until one finds them all inside (a process forked meanwhile starts in its parent's cgroup, so it is
+    /// either moved with its parent or seen by the next pass), at most `timeout`. Then the directory is one of
+    /// [`Cgroup::dirs`]: [`Cgroup::freeze`] freezes it. Nothing to do for a container that has its cgroups.
+    pub fn enter_freezer(&mut self, init: i32, timeout: std::time::Duration) -> Result<(), CgroupError> {
+        let Some(dir) = self.freezer_on_demand.clone() else { return Ok(()) };
+        if self.dirs.iter().any(|(_, d)| *d == dir) {
+            return Ok(());
+        }
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != ErrorKind::AlreadyExists => return Err(CgroupError::Create { path: dir, source: e }),
+            _ => {}
+        }
+        let procs = dir.join("cgroup.procs");
+        let end = std::time::Instant::now() + timeout;
+        loop {
+            let inside = std::fs::read_to_string(&procs)
+                .map_err(|e| CgroupError::Read { path: procs.clone(), source: e })?
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+                .collect::<std::collections::HashSet<i32>>();
+            let outside: Vec<i32> = container_processes(init).into_iter().filter(|p| !inside.contains(p)).collect();
+            if outside.is_empty() {
+                break;
+            }
+            if std::time::Instant::now() >= end {
+                return Err(CgroupError::Freeze { path: procs, value: format!("{outside:?} moved in") });
+            }
+            for pid in outside {
+                match std::fs::write(&procs, pid.to_string()) {
+                    // Gone meanwhile.
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(CgroupError::Write { path: procs, value: pid.to_string(), source: e }),
+                    Ok(()) => {}
+                }
+            }
+        }
+        self.dirs.push((false, dir));
+        Ok(())
+    }
+
+    /// Whether the container can be frozen: a v2 directory (`cgroup.freeze`) or a v1 `freezer` one, or one to
+    /// enter first ([`Cgroup::enter_freezer`]).
     pub fn can_freeze(&self) -> bool {
-        self.dirs.iter().any(
-            |(v2, d)| {
-                if *v2 { d.join("cgroup.freeze").exists() } else { d.join("freezer.state").exists() }
-            },
-        )
+        self.freezer_on_demand.is_some()
+            || self
+                .dirs
+                .iter()
+                .any(|(v2, d)| if *v2 { d.join("cgroup.freeze").exists() } else { d.join("freezer.state").exists() })
     }
 
     /// Freezes every process of the container (v2 `cgroup.freeze`, else the v1 freezer) and waits until the
@@ -419,18 +474,21 @@ impl Cgroup {
         false
     }
 
-    /// Removes the directories (retrying while the kernel still tears the last tasks down).
+    /// Removes the directories (retrying while the kernel still tears the last tasks down: after 50 µs, doubling
+    /// up to 10 ms, for 2 s at most).
     pub fn remove(&self) -> Result<(), CgroupError> {
         let mut first_err = None;
-        for (_, d) in &self.dirs {
-            let mut tries = 0;
+        let on_demand = self.freezer_on_demand.iter().filter(|f| !self.dirs.iter().any(|(_, d)| d == *f));
+        for d in self.dirs.iter().map(|(_, d)| d).chain(on_demand) {
+            let end = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut pause = std::time::Duration::from_micros(50);
             loop {
                 match std::fs::remove_dir(d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 200 => {
-                        tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && std::time::Instant::now() < end => {
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_millis(10));
                     }
                     Err(e) => {
                         first_err.get_or_insert(CgroupError::Remove { path: d.clone(), source: e });
@@ -441,6 +499,46 @@ impl Cgroup {
         }
         first_err.map_or(Ok(()), Err)
     }
+}
+
+/// The processes of the container whose init is `init`, as seen from here: the members of its pid namespace
+/// (those that joined it with `setns` too) and the init's descendants (those of nested pid namespaces too).
+fn container_processes(init: i32) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let ns_of = |pid: i32| std::fs::metadata(format!("/proc/{pid}/ns/pid")).ok().map(|m| (m.dev(), m.ino()));
+    let Some(ns) = ns_of(init) else { return Vec::new() };
+    let mut all: Vec<(i32, i32)> = Vec::new();
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // `pid (comm) state ppid ...`: comm may hold anything, so parse after its last ')'.
+        let Some(ppid) = stat.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok()) else {
+            continue;
+        };
+        all.push((pid, ppid));
+        if pid == init || ns_of(pid) == Some(ns) {
+            out.push(pid);
+        }
+    }
+    // Descendants of the init, breadth first.
+    let mut i = 0;
+    let mut tree = vec![init];
+    while i < tree.len() {
+        let parent = tree[i];
+        for (pid, ppid) in &all {
+            if *ppid == parent && !tree.contains(pid) {
+                tree.push(*pid);
+            }
+        }
+        i += 1;
+    }
+    for p in tree {
+        if !out.contains(&p) && all.iter().any(|(pid, _)| *pid == p) {
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// Enables `controllers` for the children of `parent` (v2 `cgroup.subtree_control`).
@@ -659,7 +757,7 @@ mod tests {
         let v1 = tmp.path().join("freezer/launcher-x");
         std::fs::create_dir_all(&v1).unwrap();
         std::fs::write(v1.join("freezer.state"), "THAWED\n").unwrap();
-        let cg = Cgroup { dirs: vec![(false, tmp.path().join("memory-x")), (false, v1.clone())], skipped: None };
+        let cg = Cgroup { dirs: vec![(false, tmp.path().join("memory-x")), (false, v1.clone())], ..Default::default() };
         assert!(cg.can_freeze());
         assert!(cg.freeze(t).unwrap());
         assert_eq!(std::fs::read_to_string(v1.join("freezer.state")).unwrap(), "FROZEN");
@@ -670,7 +768,7 @@ mod tests {
         std::fs::create_dir_all(&v2).unwrap();
         std::fs::write(v2.join("cgroup.freeze"), "0\n").unwrap();
         std::fs::write(v2.join("cgroup.events"), "populated 1\nfrozen 1\n").unwrap();
-        let cg = Cgroup { dirs: vec![(false, v1.clone()), (true, v2.clone())], skipped: None };
+        let cg = Cgroup { dirs: vec![(false, v1.clone()), (true, v2.clone())], ..Default::default() };
         assert!(cg.freeze(t).unwrap());
         assert_eq!(std::fs::read_to_string(v2.join("cgroup.freeze")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(v1.join("freezer.state")).unwrap(), "THAWED", "v1 left alone");

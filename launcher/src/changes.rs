@@ -191,12 +191,25 @@ pub fn commit(state_root: &Path, reference: &str, name: &str, o: &CommitOptions)
     let image = base_image(&t.image, &tstore, "commit")?;
     let live = running(&t.st);
     let _signals = (live && o.pause).then(SignalsHeld::hold);
+    let mut cgroup = t.st.cgroup.clone();
     let _frozen = if live && o.pause {
-        if !t.st.cgroup.can_freeze() {
+        if !cgroup.can_freeze() {
             return Err(Error::CannotPause(reference.into()));
         }
-        match t.st.cgroup.freeze(FREEZE_TIMEOUT) {
-            Ok(true) => Some(Frozen { cgroup: &t.st.cgroup }),
+        // A pure v1 host without limits: into the freezer cgroup first (see `Cgroup::enter_freezer`).
+        if let Some(pid) = t.st.pid
+            && let Err(e) = cgroup.enter_freezer(pid, FREEZE_TIMEOUT)
+        {
+            if !running(&store.load(&t.st.id)?) {
+                // It exited meanwhile: nothing to pause.
+            } else if matches!(e, crate::error::CgroupError::Create { .. }) {
+                return Err(Error::CannotPause(reference.into()));
+            } else {
+                return Err(e.into());
+            }
+        }
+        match cgroup.freeze(FREEZE_TIMEOUT) {
+            Ok(true) => Some(Frozen { cgroup: &cgroup }),
             // Its cgroup is gone: the container exited meanwhile.
             Ok(false) => None,
             Err(_) if !running(&store.load(&t.st.id)?) => None,

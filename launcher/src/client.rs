@@ -93,7 +93,7 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
                 ));
             };
             let store = o.store.clone().unwrap_or_else(tools::store::Store::default_root);
-            let (rootfs, image) = rootfs::resolve_image(&store, name, rootfs::find_layerfs()?)?;
+            let (rootfs, image) = rootfs::resolve_image(&store, name)?;
             if rootless {
                 rootless_fuse_check()?;
             }

@@ -34,6 +34,8 @@ pub enum SetupError {
     Sync(Errno),
     #[error("unshare cgroup namespace: {0}")]
     UnshareCgroup(Errno),
+    #[error("unshare network namespace: {0}")]
+    UnshareNet(Errno),
     #[error("join the layerfs mount namespace: {0}")]
     JoinRootfs(Errno),
     #[error("unshare the mount namespace: {0}")]

@@ -142,11 +142,22 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
     let outputs = std::mem::take(&mut started.outputs);
     let (info, daemon_died) = serve(&state.config, dir, &started, listener, stdin, outputs, &mut clients);
     // The container is gone (its pid namespace with it): stop the filesystem before anyone hears of the exit,
-    // so that a `wait` or `run --rm` that returns finds no mount and no daemon left.
-    if let Some(end) = started.root.take().and_then(PreparedRoot::release)
-        && let Some(l) = state.layerfs.as_mut()
-    {
-        l.daemon_end = Some(end);
+    // so that a `wait` or `run --rm` that returns finds no mount and no daemon left. The daemon unmounts and
+    // exits while we clean up; a container that stays records how it ended (so it is waited for first), with
+    // `--rm` that record is thrown away: the wait comes last, just before the exit is reported.
+    let mut root = started.root.take();
+    if let Some(r) = root.as_mut() {
+        r.request_stop();
+    }
+    let mut stop_daemon = |state: &mut State| {
+        if let Some(end) = root.take().and_then(PreparedRoot::release)
+            && let Some(l) = state.layerfs.as_mut()
+        {
+            l.daemon_end = Some(end);
+        }
+    };
+    if !state.config.remove {
+        stop_daemon(&mut state);
     }
     if let Some(status) = daemon_died {
         state.error = Some(format!(
@@ -176,6 +187,7 @@ fn monitor_main(store: &Store, mut state: State, dir: &Path, birth: OwnedFd) -> 
         let _ = store.bury(&state);
         trash = store.retire(&state.id, &state.name).ok().flatten();
     }
+    stop_daemon(&mut state);
     // Report the exit after the cleanup: `run --rm NAME` followed by `run --name NAME`, or `wait` followed
     // by `rm`, must not race with the monitor.
     let exit = Frame::Exit(info).encode();
@@ -334,7 +346,9 @@ fn start_in(
     if !layerfs {
         flags |= CloneFlags::CLONE_NEWNS;
     }
-    if cfg.net.own_netns() {
+    // A network namespace without a veth is made by the init itself (see `init::Child::unshare_net`).
+    let unshare_net = cfg.net.own_netns() && net.is_none();
+    if cfg.net.own_netns() && !unshare_net {
         flags |= CloneFlags::CLONE_NEWNET;
     }
     if cfg.rootless {
@@ -365,6 +379,7 @@ fn start_in(
                 sock: child_sock,
                 stdio,
                 new_netns: cfg.net.own_netns(),
+                unshare_net,
                 network: net,
                 cgroupns: true,
             })

@@ -3,9 +3,11 @@
 //!
 //! ## The layerfs daemon
 //!
-//! The monitor starts `layerfs mount -f` as a child of its own ([`Daemon::spawn`]): packed layers of the image
-//! (topmost first), `upper/` and `work/` in the container's state directory, `objects=` the store's objects,
-//! mounted on `merged/` in a **mount namespace of the daemon's own** (made `rslave`, so nothing propagates back
+//! The monitor forks the daemon as a child of its own ([`Daemon::spawn`]) that runs the layerfs library
+//! (`layerfs::mount::mount_and_serve`, what `layerfs mount -f` runs, with no exec: no program to load and link
+//! on the start path; the monitor is single-threaded when it forks, the child starts fuser's threads; its `comm`
+//! is `layerfs`): packed layers of the image (topmost first), `upper/` and `work/` in the container's state
+//! directory, `objects=` the store's objects, mounted on `merged/` in a **mount namespace of the daemon's own** (made `rslave`, so nothing propagates back
 //! to the host). The container's init joins that namespace and unshares a copy of it before it builds its root
 //! (`setns` + `unshare(CLONE_NEWNS)`), so the container sees the mount while no other mount namespace on the
 //! host ever does. Consequences:
@@ -15,7 +17,8 @@
 //! - No mount can leak: the daemon's namespace dies with the daemon, the container's copy with the container.
 //!   At the end the monitor sends SIGTERM (layerfs detaches its mount; the kernel flushes and releases the
 //!   superblock once the container's copy is gone too) and waits for the daemon to exit (SIGKILL after a grace
-//!   period). If the monitor dies, `PR_SET_PDEATHSIG` sends the daemon that SIGTERM.
+//!   period); with `--rm` it cleans up meanwhile and waits last, before it reports the exit. If the monitor
+//!   dies, `PR_SET_PDEATHSIG` sends the daemon that SIGTERM.
 //! - The daemon says when the mount is live on an inherited pipe (`ready_fd=`); an EOF without it is a failed
 //!   mount, whose reason is in `layerfs.log` in the state directory.
 //! - Rootless: the daemon first joins the container's user namespace (created by the container's clone, mapped
@@ -51,8 +54,6 @@ pub enum RootFsSpec {
 /// A layerfs root.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerfsSpec {
-    /// The layerfs program.
-    pub program: PathBuf,
     /// Lower layers, topmost first (`.lpk` files or directories).
     pub lowerdirs: Vec<PathBuf>,
     /// The objects directory of the packed layers (`objects=`).
@@ -256,6 +257,13 @@ impl PreparedRoot {
         Ok(())
     }
 
+    /// Asks the layerfs daemon, if any, to stop (see [`Daemon::request_stop`]) without waiting.
+    pub fn request_stop(&mut self) {
+        if let Some(d) = self.daemon.as_mut() {
+            d.request_stop();
+        }
+    }
+
     /// Stops the layerfs daemon, if any (see [`Daemon::stop`]); returns how it ended.
     pub fn release(self) -> Option<DaemonEnd> {
         self.daemon.map(Daemon::stop)
@@ -267,7 +275,7 @@ pub use tools::image::ImageConfig;
 
 /// Resolves image `name` (`NAME[:TAG]` or an id prefix) in the store at `store_root`: the layerfs root (layers
 /// topmost first, the store's objects) and the image's configuration.
-pub fn resolve_image(store_root: &Path, name: &str, program: PathBuf) -> Result<(RootFsSpec, ImageConfig)> {
+pub fn resolve_image(store_root: &Path, name: &str) -> Result<(RootFsSpec, ImageConfig)> {
     use tools::StoreError;
     let shown = tools::image::ImageRef::parse(name).map(|r| r.to_string()).unwrap_or_else(|_| name.to_string());
     let missing = || Error::NoSuchImage { name: shown.clone(), store: store_root.to_path_buf() };
@@ -303,30 +311,12 @@ pub fn resolve_image(store_root: &Path, name: &str, program: PathBuf) -> Result<
     };
     let objects = std::path::absolute(store.objects_dir()).ok();
     let spec = RootFsSpec::Layerfs(LayerfsSpec {
-        program,
         lowerdirs: lowerdirs.into_iter().map(|p| std::path::absolute(&p).unwrap_or(p)).collect(),
         objects,
         image: Some(info),
     });
     spec.validate()?;
     Ok((spec, img.config))
-}
-
-/// The `layerfs` program: `LAUNCHER_LAYERFS`, else next to this executable, else on `PATH`.
-pub fn find_layerfs() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("LAUNCHER_LAYERFS").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
-    }
-    let beside = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("layerfs")));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    beside
-        .into_iter()
-        .chain(std::env::split_paths(&path).map(|d| d.join("layerfs")))
-        .find(|p| nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok() && p.is_file())
-        .ok_or_else(|| Error::Layerfs {
-            step: "find the layerfs program",
-            reason: "not next to the launcher nor on PATH (or set LAUNCHER_LAYERFS)".into(),
-        })
 }
 
 /// How long a daemon may take to mount.
@@ -343,7 +333,7 @@ pub struct DaemonEnd {
     pub status: String,
 }
 
-/// A running `layerfs -f`, child of this process.
+/// A running layerfs daemon, child of this process.
 #[derive(Debug)]
 pub struct Daemon {
     pub pid: i32,
@@ -355,6 +345,8 @@ pub struct Daemon {
     log_start: u64,
     /// Set once reaped.
     status: Option<String>,
+    /// Set once asked to stop: whether it was still running then.
+    alive_at_stop: Option<bool>,
 }
 
 fn describe(ws: WaitStatus) -> String {
@@ -365,23 +357,22 @@ fn describe(ws: WaitStatus) -> String {
     }
 }
 
-/// The command line of a daemon (native form; the layers need no escaping as arguments).
-fn daemon_args(spec: &LayerfsSpec, dirs: &LayerfsDirs, ready_fd: i32) -> Vec<std::ffi::OsString> {
-    let mut opts = format!("ready_fd={ready_fd}");
-    if let Some(o) = &spec.objects {
-        opts.push_str(&format!(",objects={}", o.display()));
-    }
+/// The command line `layerfs mount -f` would get for this daemon (native form; the layers need no escaping as
+/// arguments): parsed into its configuration by [`mount_config`].
+fn daemon_args(spec: &LayerfsSpec, dirs: &LayerfsDirs) -> Vec<std::ffi::OsString> {
     let mut a: Vec<std::ffi::OsString> = vec![
-        spec.program.clone().into(),
+        "layerfs".into(),
         "mount".into(),
         "-f".into(),
         "--upper".into(),
         dirs.upper.clone().into(),
         "--work".into(),
         dirs.work.clone().into(),
-        "-o".into(),
-        opts.into(),
     ];
+    if let Some(o) = &spec.objects {
+        a.push("-o".into());
+        a.push(format!("objects={}", o.display()).into());
+    }
     a.push(dirs.init.clone().into());
     a.extend(spec.lowerdirs.iter().map(|l| l.clone().into_os_string()));
     a.push(dirs.merged.clone().into());
@@ -389,10 +380,12 @@ fn daemon_args(spec: &LayerfsSpec, dirs: &LayerfsDirs, ready_fd: i32) -> Vec<std
 }
 
 impl Daemon {
-    /// Starts `layerfs mount -f` in a new mount namespace (inside the user namespace of `userns_of`, when
-    /// given); returns at once (see [`Daemon::wait_ready`]).
+    /// Starts the daemon (the layerfs library in a forked child of this single-threaded process) in a new mount
+    /// namespace (inside the user namespace of `userns_of`, when given); returns at once (see
+    /// [`Daemon::wait_ready`]).
     pub fn spawn(spec: &LayerfsSpec, dirs: &LayerfsDirs, userns_of: Option<BorrowedFd<'_>>) -> Result<Daemon> {
         let fail = |step: &'static str, e: Errno| Error::Layerfs { step, reason: e.desc().into() };
+        let cfg = mount_config(spec, dirs)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -409,14 +402,37 @@ impl Daemon {
         match sys::clone3(0, None).map_err(|e| fail("fork the daemon", e))? {
             CloneResult::Child => {
                 drop(ready_r);
-                let (step, errno) = daemon_child(spec, dirs, userns_of, &ready_w, &log, &null, parent);
-                use std::io::Write;
-                let _ = writeln!(std::io::stderr(), "launcher: start layerfs: {step}: {errno}");
-                sys::exit_now(125)
+                let code = match daemon_child(userns_of, &log, &null, parent, &ready_w) {
+                    Err((step, errno)) => {
+                        use std::io::Write;
+                        let _ = writeln!(std::io::stderr(), "launcher: start layerfs: {step}: {errno}");
+                        125
+                    }
+                    Ok(()) => {
+                        layerfs::mount::init_logging(false);
+                        match layerfs::mount::mount_and_serve(&cfg, Some(ready_w), || Ok(())) {
+                            Ok(()) => 0,
+                            Err(e) => {
+                                use std::io::Write;
+                                let _ = writeln!(std::io::stderr(), "layerfs: {e:#}");
+                                1
+                            }
+                        }
+                    }
+                };
+                sys::exit_now(code)
             }
             CloneResult::Parent { pid, pidfd } => {
                 drop(ready_w);
-                Ok(Daemon { pid, pidfd, ready: Some(ready_r), log: dirs.log.clone(), log_start, status: None })
+                Ok(Daemon {
+                    pid,
+                    pidfd,
+                    ready: Some(ready_r),
+                    log: dirs.log.clone(),
+                    log_start,
+                    status: None,
+                    alive_at_stop: None,
+                })
             }
         }
     }
@@ -513,77 +529,82 @@ impl Daemon {
         if tail.is_empty() { format!("see {}", self.log.display()) } else { tail.join(" / ") }
     }
 
-    /// SIGTERM (layerfs detaches its mount; the kernel flushes and releases the filesystem once the container's
-    /// copy of it is gone too, then the daemon exits), wait [`STOP_GRACE`], then SIGKILL; reaps it.
+    /// Sends SIGTERM (layerfs detaches its mount; the kernel flushes and releases the filesystem once the
+    /// container's copy of it is gone too, then the daemon exits) unless it already ended; returns at once (the
+    /// caller does other work meanwhile, then [`Daemon::stop`]).
+    pub fn request_stop(&mut self) {
+        if self.alive_at_stop.is_none() {
+            let alive = self.reap().is_none();
+            self.alive_at_stop = Some(alive);
+            if alive {
+                let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGTERM);
+            }
+        }
+    }
+
+    /// [`Daemon::request_stop`] if not done yet, waits [`STOP_GRACE`] for the daemon to exit, then SIGKILL;
+    /// reaps it.
     pub fn stop(mut self) -> DaemonEnd {
-        let alive_at_stop = self.reap().is_none();
-        if alive_at_stop {
-            let _ = sys::pidfd_send_signal(self.pidfd.as_fd(), libc::SIGTERM);
+        self.request_stop();
+        if self.status.is_none() {
             self.wait_exit(STOP_GRACE);
         }
-        DaemonEnd { alive_at_stop, status: self.status.clone().unwrap_or_else(|| "unknown".into()) }
+        DaemonEnd {
+            alive_at_stop: self.alive_at_stop.unwrap_or(false),
+            status: self.status.clone().unwrap_or_else(|| "unknown".into()),
+        }
     }
 }
 
-/// The daemon side after the clone: returns only on failure (the step and the errno).
+/// The daemon's process after the clone, before it runs the layerfs library: its standard streams, its mount
+/// namespace, its parent death signal, no descriptor of the monitor's but `ready`, default signals. On failure,
+/// the step and the errno.
 fn daemon_child(
-    spec: &LayerfsSpec,
-    dirs: &LayerfsDirs,
     userns_of: Option<BorrowedFd<'_>>,
-    ready: &OwnedFd,
     log: &std::fs::File,
     null: &std::fs::File,
     parent: i32,
-) -> (&'static str, Errno) {
+    ready: &OwnedFd,
+) -> std::result::Result<(), (&'static str, Errno)> {
     use nix::mount::MsFlags;
-    use std::os::fd::IntoRawFd;
+    use std::os::fd::AsRawFd;
     // Its standard streams first, so that the failures below are logged.
-    if let Err(e) = nix::unistd::dup2_stdin(null)
+    nix::unistd::dup2_stdin(null)
         .and_then(|()| nix::unistd::dup2_stdout(log))
         .and_then(|()| nix::unistd::dup2_stderr(log))
-    {
-        return ("redirect its output", e);
+        .map_err(|e| ("redirect its output", e))?;
+    // What `ps` and `/proc/PID/comm` show (its command line stays the launcher's).
+    let _ = nix::sys::prctl::set_name(c"layerfs");
+    if let Some(fd) = userns_of {
+        nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER).map_err(|e| ("join the container's user namespace", e))?;
     }
-    if let Some(fd) = userns_of
-        && let Err(e) = nix::sched::setns(fd, CloneFlags::CLONE_NEWUSER)
-    {
-        return ("join the container's user namespace", e);
-    }
-    if let Err(e) = nix::sched::unshare(CloneFlags::CLONE_NEWNS) {
-        return ("unshare its mount namespace", e);
-    }
+    nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| ("unshare its mount namespace", e))?;
     // Not the caller's working directory: that would keep its filesystem busy for the container's lifetime.
-    if let Err(e) = nix::unistd::chdir("/") {
-        return ("chdir /", e);
-    }
+    nix::unistd::chdir("/").map_err(|e| ("chdir /", e))?;
     // Nothing mounted here may propagate back to the host.
-    if let Err(e) =
-        nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
-    {
-        return ("make / rslave", e);
-    }
+    nix::mount::mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+        .map_err(|e| ("make / rslave", e))?;
     // The monitor's death (even SIGKILL) unmounts and ends the daemon.
-    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
-        return ("set the parent death signal", e);
-    }
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM)
+        .map_err(|e| ("set the parent death signal", e))?;
     if nix::unistd::getppid().as_raw() != parent {
-        return ("the monitor died", Errno::ESRCH);
+        return Err(("the monitor died", Errno::ESRCH));
     }
-    // The only inherited descriptor besides the standard streams: the ready pipe (a dup: not close-on-exec).
-    let raw = match nix::unistd::dup(ready) {
-        Ok(fd) => fd.into_raw_fd(),
-        Err(e) => return ("pass the ready pipe", e),
-    };
-    sys::close_all_from(3, &[raw]);
+    // None of the monitor's descriptors (the CLI's socket, the container's pipes) may stay open in the daemon.
+    sys::close_all_from(3, &[ready.as_raw_fd()]);
     sys::reset_signals();
-    let Ok(argv) =
-        daemon_args(spec, dirs, raw).iter().map(|a| sys::cpath(Path::new(a))).collect::<nix::Result<Vec<_>>>()
-    else {
-        return ("build its arguments", Errno::EINVAL);
-    };
-    match nix::unistd::execv(&argv[0], &argv) {
-        Ok(never) => match never {},
-        Err(e) => ("exec layerfs", e),
+    // As in the `layerfs` program (Rust's runtime ignores it there): a write to a closed pipe is an error, not death.
+    sys::ignore_sigpipe();
+    Ok(())
+}
+
+/// The daemon's configuration: what `layerfs mount -f` would parse from [`daemon_args`].
+fn mount_config(spec: &LayerfsSpec, dirs: &LayerfsDirs) -> Result<Box<layerfs::options::MountConfig>> {
+    let args: Vec<String> = daemon_args(spec, dirs).iter().skip(1).map(|a| a.to_string_lossy().into_owned()).collect();
+    match layerfs::options::parse_args(&args) {
+        Ok(layerfs::options::Command::Mount(cfg)) => Ok(cfg),
+        Ok(_) => Err(Error::Layerfs { step: "build its configuration", reason: "not a mount".into() }),
+        Err(e) => Err(Error::Layerfs { step: "build its configuration", reason: e.to_string() }),
     }
 }
 
@@ -594,17 +615,16 @@ mod tests {
     #[test]
     fn daemon_command_line() {
         let spec = LayerfsSpec {
-            program: "/bin/layerfs".into(),
             lowerdirs: vec!["/s/layers/b.lpk".into(), "/s/layers/a.lpk".into()],
             objects: Some("/s/objects".into()),
             image: None,
         };
         let dirs = LayerfsDirs::new(Path::new("/run/c"), Path::new("/run/c/1"));
-        let a: Vec<String> = daemon_args(&spec, &dirs, 0).iter().map(|s| s.to_string_lossy().into_owned()).collect();
+        let a: Vec<String> = daemon_args(&spec, &dirs).iter().map(|s| s.to_string_lossy().into_owned()).collect();
         assert_eq!(
             a,
             [
-                "/bin/layerfs",
+                "layerfs",
                 "mount",
                 "-f",
                 "--upper",
@@ -612,7 +632,7 @@ mod tests {
                 "--work",
                 "/run/c/1/work",
                 "-o",
-                "ready_fd=0,objects=/s/objects",
+                "objects=/s/objects",
                 "/run/c/init-layer",
                 "/s/layers/b.lpk",
                 "/s/layers/a.lpk",

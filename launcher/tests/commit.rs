@@ -92,7 +92,7 @@ fn commit_a_running_container_pauses_it() {
     let v2 = PathBuf::from(v2[1].as_str().unwrap());
     assert!(st["cgroup"]["skipped"].as_str().unwrap().contains("no resource limit"), "{st}");
     // The freezer stops it for real (this is what commit does around its read of the upper).
-    let cg = launcher::cgroups::Cgroup { dirs: vec![(true, v2.clone())], skipped: None };
+    let cg = launcher::cgroups::Cgroup { dirs: vec![(true, v2.clone())], ..Default::default() };
     assert!(cg.freeze(Duration::from_secs(10)).unwrap());
     let frozen = counter(&t, "r");
     std::thread::sleep(Duration::from_millis(300));
@@ -130,6 +130,86 @@ fn commit_a_running_container_pauses_it() {
     ok(&t.launcher(&["commit", "--pause=false", "nocg", "test:nocg"]));
     ok(&t.launcher(&["rm", "-f", "nocg"]));
     assert_no_leaks(&t.env.state, "commit of running containers");
+}
+
+/// `launcher ARGS...` in a private mount namespace without the cgroup v2 mount: a pure cgroup v1 host.
+fn launcher_on_v1(t: &ImageEnv, args: &[&str]) -> std::process::Output {
+    let mut c = std::process::Command::new("unshare");
+    c.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        "umount /sys/fs/cgroup/unified 2>/dev/null; exec \"$@\"",
+        "sh",
+    ])
+    .arg(env!("CARGO_BIN_EXE_launcher"))
+    .args(args)
+    .env("LAUNCHER_ROOT", &t.env.state)
+    .env("LAYERFS_ROOT", &t.store)
+    .stdin(std::process::Stdio::null());
+    output(c)
+}
+
+/// The members of the pid namespace of process `init`.
+fn pid_ns_members(init: i32) -> Vec<i32> {
+    let ns = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    let mut out: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|p: &i32| std::fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|l| l == ns))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Without a cgroup v2 hierarchy and without limits a container gets no cgroup at start (a v1 migration costs a
+/// grace period); `commit` moves all its processes into a v1 freezer cgroup to pause it, removed at its end.
+#[test]
+fn commit_pauses_on_a_pure_v1_host() {
+    let t = ImageEnv::new();
+    let layout = launcher::cgroups::Layout::detect().unwrap();
+    if !layout.hierarchies.iter().any(|h| h.controllers.iter().any(|c| c == "freezer")) {
+        eprintln!("no cgroup v1 freezer hierarchy here: skipped");
+        return;
+    }
+    let script = "sleep 1000 & sleep 1000 & i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done";
+    ok(&launcher_on_v1(&t, &["run", "-d", "--name", "v1", "test:1", "sh", "-c", script]));
+    wait_for("the counter", &mut || counter(&t, "v1") > 2);
+    let st = t.inspect("v1");
+    assert_eq!(st["cgroup"]["dirs"], serde_json::json!([]), "no cgroup joined at start: {st}");
+    let freezer = PathBuf::from(st["cgroup"]["freezer_on_demand"].as_str().unwrap_or_else(|| panic!("{st}")));
+    assert!(!freezer.exists(), "made by the first commit only");
+    let init = st["pid"].as_i64().unwrap() as i32;
+
+    ok(&launcher_on_v1(&t, &["commit", "v1", "test:v1"]));
+    // Every process of the container is in the freezer cgroup, thawed again: it goes on counting.
+    let members = pid_ns_members(init);
+    assert!(members.len() >= 3, "init and two sleeps (and the counter's sleep, now and then): {members:?}");
+    let procs = std::fs::read_to_string(freezer.join("cgroup.procs")).unwrap();
+    let mut inside: Vec<i32> = procs.lines().map(|l| l.parse().unwrap()).collect();
+    inside.sort();
+    for p in pid_ns_members(init) {
+        assert!(inside.contains(&p) || !Path::new(&format!("/proc/{p}")).exists(), "{p} not in {inside:?}");
+    }
+    assert_eq!(std::fs::read_to_string(freezer.join("freezer.state")).unwrap().trim(), "THAWED");
+    let after = counter(&t, "v1");
+    wait_for("the counter after commit", &mut || counter(&t, "v1") > after);
+    // That cgroup freezes it for real.
+    let cg = launcher::cgroups::Cgroup { dirs: vec![(false, freezer.clone())], ..Default::default() };
+    assert!(cg.freeze(Duration::from_secs(10)).unwrap());
+    let frozen = counter(&t, "v1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&t, "v1"), frozen, "frozen: the counter stands still");
+    cg.thaw().unwrap();
+    // A second commit finds them inside already.
+    ok(&launcher_on_v1(&t, &["commit", "v1", "test:v1b"]));
+    assert_eq!(ok(&t.run(&[], &["--rm", "test:v1b", "sh", "-c", "test -s /tmp/count && echo counted"])), "counted\n");
+    ok(&t.launcher(&["rm", "-f", "v1"]));
+    assert!(!freezer.exists(), "its freezer cgroup is removed with the container");
+    assert_no_leaks(&t.env.state, "commit on a pure v1 host");
 }
 
 /// A tar's entries: path -> (type, mode, uid, gid, size, link target, content).

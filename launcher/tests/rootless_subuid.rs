@@ -131,7 +131,6 @@ fn rootless_with_subordinate_ids() {
 #[test]
 fn rootless_image_with_subordinate_ids() {
     let env = Env::new();
-    layerfs_bin();
     let user = TempUser::new();
     let base = env.tmp.path();
     let run_dir = base.join("xdg");

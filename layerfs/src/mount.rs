@@ -114,6 +114,57 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
     Ok(Mounted { session, mountpoint: cfg.mountpoint.clone() })
 }
 
+/// Sets up logging to standard error (`LAYERFS_LOG_LEVEL`, else `info`, or `debug` with `debug`).
+pub fn init_logging(debug: bool) {
+    let fmt = tracing_subscriber::fmt().with_writer(std::io::stderr).with_ansi(false);
+    // An `EnvFilter` costs a few hundred microseconds to build (on a container's start path): only when asked for.
+    match std::env::var("LAYERFS_LOG_LEVEL") {
+        Ok(directives) => fmt.with_env_filter(tracing_subscriber::EnvFilter::new(directives)).init(),
+        Err(_) => fmt.with_max_level(if debug { tracing::Level::DEBUG } else { tracing::Level::INFO }).init(),
+    }
+}
+
+/// A whole foreground daemon after its arguments are parsed: takes the store locks, opens the layers and the
+/// upper, mounts, writes `ready\n` to `ready` (and closes it) once the mount is live, calls `after_ready` (the
+/// `layerfs` program daemonises there), publishes the store leases and serves until unmounted or signalled (see
+/// [`serve`]). For a caller that runs the daemon as a forked child of its own instead of executing `layerfs`
+/// (the launcher): call it in a single-threaded process, with logging set up ([`init_logging`]).
+pub fn mount_and_serve(
+    cfg: &MountConfig,
+    ready: Option<std::os::fd::OwnedFd>,
+    after_ready: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use std::io::Write;
+    for o in &cfg.ignored {
+        tracing::warn!("unknown argument ignored: {o}");
+    }
+    if let Err(e) = std::fs::File::open(&cfg.mountpoint)
+        && matches!(e.raw_os_error(), Some(libc::ENOTCONN | libc::ECONNABORTED))
+    {
+        anyhow::bail!(
+            "{} is a FUSE mount whose daemon died; run `layerfs umount {}` first",
+            cfg.mountpoint.display(),
+            cfg.mountpoint.display()
+        );
+    }
+    sys::raise_nofile_limit();
+    // The kernel applies the caller's umask; ours must not apply a second one.
+    sys::umask(0);
+    // Garbage collection of the store waits while we open its layers; our lease keeps them
+    // (and their objects) alive for as long as we run.
+    let mut leases = crate::lease::Leases::lock(cfg).context("locking the store")?;
+    let union = build_union_leased(cfg, &mut leases)?;
+    let mounted = mount(cfg, union).with_context(|| format!("mounting {}", cfg.mountpoint.display()))?;
+    if let Some(fd) = ready {
+        std::fs::File::from(fd).write_all(b"ready\n").context("writing to ready_fd")?;
+    }
+    after_ready()?;
+    leases.publish().context("writing the store lease")?;
+    serve(mounted).context("serving")?;
+    Ok(())
+}
+
 /// Serves requests until the filesystem is unmounted; SIGTERM, SIGINT and SIGHUP unmount it.
 /// Must be called before any other thread exists that should receive those signals.
 pub fn serve(m: Mounted) -> std::io::Result<()> {

@@ -197,26 +197,6 @@ pub fn ok(o: &Output) -> String {
     stdout(o)
 }
 
-/// The `layerfs` binary beside the launcher's (where `launcher run IMAGE` finds it). `cargo test --workspace`
-/// builds it; `cargo test -p launcher` alone gets it built here (a no-op when it is fresh).
-pub fn layerfs_bin() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_BIN_EXE_launcher")).parent().unwrap();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut c = Command::new(cargo);
-        c.args(["build", "-q", "-p", "layerfs", "--bin", "layerfs"]).current_dir(env!("CARGO_MANIFEST_DIR"));
-        if dir.ends_with("release") {
-            c.arg("--release");
-        }
-        let st = c.status().expect("run cargo build -p layerfs");
-        let bin = dir.join("layerfs");
-        assert!(st.success() && bin.exists(), "building layerfs failed ({st}); {} missing", bin.display());
-        bin
-    })
-    .clone()
-}
-
 /// A test image store: two layers from a busybox root, imported with the tools library as `test:1`
 /// (cmd, env and workdir set) and `test:ep` (same layers; an entrypoint, a cmd and user `app`).
 ///
@@ -308,25 +288,26 @@ pub fn make_image_store(dir: &Path) -> PathBuf {
     store_root
 }
 
-/// Pids of live layerfs processes whose command line mentions `needle` (a state root).
+/// Pids of live layerfs daemons (`comm` is `layerfs`) whose standard error (the launcher's daemons: `layerfs.log`
+/// in the state directory) is under `needle` (a state root), or whose command line mentions it.
 pub fn layerfs_daemons(needle: &Path) -> Vec<i32> {
-    use std::os::unix::ffi::OsStrExt;
-    let needle = needle.as_os_str().as_bytes();
     let mut out = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let (Ok(cmd), Ok(stat)) =
-            (std::fs::read(e.path().join("cmdline")), std::fs::read_to_string(e.path().join("stat")))
+        let (Ok(comm), Ok(stat)) =
+            (std::fs::read_to_string(e.path().join("comm")), std::fs::read_to_string(e.path().join("stat")))
         else {
             continue;
         };
-        if stat.contains(") Z ") {
+        if stat.contains(") Z ") || comm.trim_end() != "layerfs" {
             continue;
         }
-        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
-        if args.first().is_some_and(|a| a.ends_with(b"layerfs"))
-            && args.iter().any(|a| a.windows(needle.len()).any(|w| w == needle))
-        {
+        // The launcher's daemons log to LAYERFS.LOG in the state directory (standard error), a `layerfs`
+        // program names its directories on its command line.
+        let log = std::fs::read_link(e.path().join("fd/2")).unwrap_or_default();
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        let needle_b = needle.as_os_str().as_encoded_bytes();
+        if log.starts_with(needle) || cmd.windows(needle_b.len()).any(|w| w == needle_b) {
             out.push(pid);
         }
     }
@@ -382,7 +363,6 @@ pub struct ImageEnv {
 impl ImageEnv {
     pub fn new() -> ImageEnv {
         let env = Env::new();
-        layerfs_bin();
         let store = make_image_store(env.tmp.path());
         ImageEnv { env, store }
     }
