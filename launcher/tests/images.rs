@@ -228,3 +228,30 @@ fn ps_shows_the_image_and_read_only_works() {
     assert!(ok(&o).contains("refused"), "{}", stderr(&o));
     t.assert_clean("ps, --read-only");
 }
+
+/// `rmi` and garbage collection while a container runs an image: the layers and objects its
+/// layerfs daemon uses stay (the daemon's lease), and go once the container is removed.
+#[test]
+fn gc_keeps_the_layers_of_running_containers() {
+    let t = ImageEnv::new();
+    let shared = t.env.tmp.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let vol = format!("{}:/shared", shared.display());
+    let script = "until [ -f /shared/go ]; do sleep 0.05; done; wc -c < /srv/app/big; cat /srv/app/hello.txt";
+    let id = t.detach(&["-v", &vol], &["test:1", "sh", "-c", script]);
+    let store = tools::store::Store::open(&t.store).unwrap();
+    for img in store.images().unwrap() {
+        store.remove_image(&img.name).unwrap();
+    }
+    let gc = store.collect_garbage().unwrap();
+    assert_eq!((gc.layers, gc.objects), (0, 0), "nothing the running container uses is removed: {gc:?}");
+    assert!(gc.leased >= 2, "{gc:?}");
+    // The container reads files it had not touched before (the 64 KiB one is a store object).
+    std::fs::write(shared.join("go"), "").unwrap();
+    assert_eq!(ok(&t.launcher(&["wait", &id])).trim(), "0");
+    assert_eq!(ok(&t.launcher(&["logs", &id])), "65536\nhello\n");
+    ok(&t.launcher(&["rm", &id]));
+    let gc = store.collect_garbage().unwrap();
+    assert!(gc.layers >= 2 && gc.objects >= 1, "removed once the container is gone: {gc:?}");
+    t.assert_clean("rm");
+}

@@ -263,8 +263,9 @@ impl Store {
             for ent in entries.flatten() {
                 let name = ent.file_name().to_string_lossy().into_owned();
                 let Ok(pid) = name.parse::<u32>() else { continue };
-                let alive = fs::read(format!("/proc/{pid}/cmdline"))
-                    .is_ok_and(|c| c.split(|&b| b == 0).next().is_some_and(|a0| a0.ends_with(b"layerfs")));
+                // A layerfs daemon: the `layerfs` program, or one a launcher forked (named `layerfs`
+                // too); a pid reused by anything else is no lease.
+                let alive = fs::read(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim_ascii_end() == b"layerfs");
                 if !alive {
                     let _ = fs::remove_file(ent.path());
                     continue;
