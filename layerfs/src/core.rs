@@ -1084,6 +1084,16 @@ impl Union {
             if sys::ficlone(dst.as_fd(), src.as_fd()).is_ok() {
                 return Ok(());
             }
+            // copy_file_range, else (across filesystems: EXDEV) sendfile, which copies between the
+            // page caches in the kernel like overlayfs's copy-up, else read/write.
+            #[derive(PartialEq)]
+            enum How {
+                CopyRange,
+                SendFile,
+                ReadWrite,
+            }
+            let mut how = How::CopyRange;
+            let mut buf = Vec::new();
             let mut off = 0u64;
             while off < size {
                 let start = match sys::lseek(src.as_fd(), off as i64, libc::SEEK_DATA) {
@@ -1096,19 +1106,35 @@ impl Union {
                 let mut pos = start;
                 while pos < end {
                     let want = ((end - pos) as usize).min(1 << 30);
-                    let n = match sys::copy_file_range(src.as_fd(), pos, dst.as_fd(), pos, want) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(_) => {
-                            let mut buf = vec![0u8; want.min(1 << 20)];
+                    let mut n = None;
+                    if how == How::CopyRange {
+                        match sys::copy_file_range(src.as_fd(), pos, dst.as_fd(), pos, want) {
+                            Ok(c) => n = Some(c),
+                            Err(_) => how = How::SendFile,
+                        }
+                    }
+                    if how == How::SendFile {
+                        let mut from = pos as libc::off_t;
+                        let sent = sys::lseek(dst.as_fd(), pos as i64, libc::SEEK_SET)
+                            .ok()
+                            .and_then(|_| nix::sys::sendfile::sendfile(dst, src.as_fd(), Some(&mut from), want).ok());
+                        match sent {
+                            Some(c) => n = Some(c),
+                            None => how = How::ReadWrite,
+                        }
+                    }
+                    let n = match n {
+                        Some(n) => n,
+                        None => {
+                            buf.resize(want.min(1 << 20), 0);
                             let n = src.read_at(&mut buf, pos)?;
-                            if n == 0 {
-                                break;
-                            }
                             dst.write_all_at(&buf[..n], pos)?;
                             n
                         }
                     };
+                    if n == 0 {
+                        break;
+                    }
                     pos += n as u64;
                 }
                 off = end.max(start + 1);

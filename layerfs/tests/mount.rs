@@ -1121,3 +1121,50 @@ fn unprivileged_in_a_user_namespace() {
     assert_eq!(fs::metadata(env.m("big")).unwrap().len(), 100_004);
     mnt.umount();
 }
+
+/// Copy-up from a lower on one filesystem to an upper on another (tmpfs, as a container's state
+/// under /run): `copy_file_range` cannot cross them, the data goes by sendfile; contents and holes
+/// are kept.
+#[test]
+fn copy_up_across_filesystems() {
+    if !can_mount() {
+        return;
+    }
+    let env = Env::new(1);
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    write(env.l(0).join("data"), &data);
+    let sparse = fs::File::create(env.l(0).join("sparse")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, b"middle", 32 << 20).unwrap();
+    drop(sparse);
+    // Upper and work share a filesystem: one tmpfs, two directories.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    sh(&format!("mount -t tmpfs tmpfs {}", env.upper.display()));
+    let _tmpfs = Tmpfs(env.upper.clone());
+    let (upper, work) = (env.upper.join("u"), env.upper.join("w"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let opts = format!("lowerdir={},upperdir={},workdir={}", env.lowerdir(), upper.display(), work.display());
+    let out = std::process::Command::new(BIN).args(["-o", &opts]).arg(&env.mnt).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mount { path: env.mnt.clone() };
+    fs::OpenOptions::new().append(true).open(env.m("data")).unwrap().write_all(b"end").unwrap();
+    fs::OpenOptions::new().write(true).open(env.m("sparse")).unwrap().write_all(b"start").unwrap();
+    let mut want = data.clone();
+    want.extend_from_slice(b"end");
+    assert_eq!(fs::read(env.m("data")).unwrap(), want);
+    assert_eq!(fs::read(upper.join("data")).unwrap(), want, "the copy in the upper");
+    let copy = fs::metadata(upper.join("sparse")).unwrap();
+    assert_eq!(copy.len(), 64 << 20);
+    assert!(copy.blocks() * 512 < 1 << 20, "holes kept: {} blocks", copy.blocks());
+    let got = fs::read(upper.join("sparse")).unwrap();
+    assert_eq!(&got[..5], b"start");
+    assert_eq!(&got[32 << 20..(32 << 20) + 6], b"middle");
+    assert_eq!(got.iter().filter(|&&b| b != 0).count(), 11);
+    m.umount();
+}
