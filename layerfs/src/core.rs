@@ -1940,19 +1940,7 @@ impl Union {
     pub fn read(&self, fh: Fh, offset: u64, size: u32) -> Result<Vec<u8>> {
         let f = self.handle(fh)?;
         match (self.data_file(&f.src)?, &f.src) {
-            (Some(file), _) => {
-                let mut buf = vec![0u8; size as usize];
-                let mut done = 0;
-                while done < buf.len() {
-                    let n = file.read_at(&mut buf[done..], offset + done as u64)?;
-                    if n == 0 {
-                        break;
-                    }
-                    done += n;
-                }
-                buf.truncate(done);
-                Ok(buf)
-            }
+            (Some(file), _) => Ok(crate::lower::read_at_most(file, offset, size)?),
             (None, FileSrc::Lower { layer, ino, .. }) => Ok(self.layers[*layer].read(*ino, offset, size)?.into_owned()),
             (None, FileSrc::Upper(_)) => Err(Errno::EIO),
         }

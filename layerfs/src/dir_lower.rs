@@ -17,7 +17,6 @@ use std::num::NonZeroUsize;
 use std::ops::ControlFlow;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -257,17 +256,7 @@ impl Lower for DirLower {
 
     fn read(&self, ino: LowerIno, offset: u64, size: u32) -> Result<Cow<'_, [u8]>> {
         let file = self.open_backing(ino)?.ok_or(Errno::EIO)?;
-        let mut buf = vec![0u8; size as usize];
-        let mut done = 0;
-        while done < buf.len() {
-            let n = file.read_at(&mut buf[done..], offset + done as u64)?;
-            if n == 0 {
-                break;
-            }
-            done += n;
-        }
-        buf.truncate(done);
-        Ok(Cow::Owned(buf))
+        Ok(Cow::Owned(crate::lower::read_at_most(&file, offset, size)?))
     }
 
     fn open_backing(&self, ino: LowerIno) -> Result<Option<File>> {

@@ -263,16 +263,32 @@ impl LayerFs {
         self.core.with_backing_fd(fh, open)
     }
 
-    fn open_reply(&self, inode_key: (Ino, Generation), opened: Opened, reply: ReplyOpen) {
-        let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
-        let (mode, id) = match self.open_mode(inode_key, &opened, &ob) {
-            Ok(m) => m,
+    /// [`Self::open_mode`] for a new open file, recorded for its release; on error the handle
+    /// is released.
+    fn start_io(
+        &self,
+        key: (Ino, Generation),
+        opened: &Opened,
+        open_backing: &dyn Fn(Fh) -> Result<io::Result<BackingId>, Errno>,
+    ) -> Result<(IoMode, Option<Arc<BackingId>>), Errno> {
+        match self.open_mode(key, opened, open_backing) {
+            Ok(m) => {
+                lock(&self.fh_io).insert(opened.fh.0, (key, m.0));
+                Ok(m)
+            }
             Err(err) => {
                 self.core.release(opened.fh);
-                return reply.error(e(err));
+                Err(err)
             }
+        }
+    }
+
+    fn open_reply(&self, inode_key: (Ino, Generation), opened: Opened, reply: ReplyOpen) {
+        let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
+        let (mode, id) = match self.start_io(inode_key, &opened, &ob) {
+            Ok(m) => m,
+            Err(err) => return reply.error(e(err)),
         };
-        lock(&self.fh_io).insert(opened.fh.0, (inode_key, mode));
         let fh = FileHandle(opened.fh.0);
         match (mode, id) {
             (IoMode::Passthrough, Some(id)) => reply.opened_passthrough(fh, NOFLUSH, &id),
@@ -646,14 +662,10 @@ impl Filesystem for LayerFs {
             Ok((a, opened)) => {
                 let key = (a.ino, a.generation);
                 let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
-                let (mode, id) = match self.open_mode(key, &opened, &ob) {
+                let (mode, id) = match self.start_io(key, &opened, &ob) {
                     Ok(m) => m,
-                    Err(err) => {
-                        self.core.release(opened.fh);
-                        return reply.error(e(err));
-                    }
+                    Err(err) => return reply.error(e(err)),
                 };
-                lock(&self.fh_io).insert(opened.fh.0, (key, mode));
                 let fh = FileHandle(opened.fh.0);
                 let fa = fattr(&a);
                 let g = FGen(a.generation.0);

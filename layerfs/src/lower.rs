@@ -226,3 +226,19 @@ pub fn read_all(lower: &dyn Lower, ino: LowerIno) -> Result<Vec<u8>> {
 pub fn expect_dir(kind: FileKind) -> Result<()> {
     if kind.is_dir() { Ok(()) } else { Err(Errno::ENOTDIR) }
 }
+
+/// Reads up to `size` bytes of `file` at `offset` (fewer only at the end of the file).
+pub(crate) fn read_at_most(file: &std::fs::File, offset: u64, size: u32) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; size as usize];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = file.read_at(&mut buf[done..], offset + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
