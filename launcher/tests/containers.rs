@@ -493,7 +493,7 @@ fn pids_limit_stops_a_fork_bomb() {
 #[test]
 fn tty_interactive() {
     use nix::sys::termios::{LocalFlags, tcgetattr};
-    use std::io::{Read, Write};
+    use std::io::Write;
     let env = Env::new();
     let pty = nix::pty::openpty(None, None).unwrap();
     launcher::sys::set_winsize(pty.slave.as_fd(), launcher::sys::WinSize { rows: 30, cols: 100 }).unwrap();
@@ -510,21 +510,7 @@ fn tty_interactive() {
     let mut child = c.spawn().expect("setsid (util-linux) runs the launcher");
     let slave = pty.slave;
     let mut master = std::fs::File::from(pty.master);
-    // Reader thread: accumulates the output.
-    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let buf = buf.clone();
-        let mut m = master.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = m.read(&mut b) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-    }
+    let buf = read_in_background(&master);
     let expect = |what: &str| {
         wait_for(&format!("{what:?} on the terminal"), &mut || buf.lock().unwrap().contains(what));
     };

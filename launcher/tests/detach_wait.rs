@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use std::io::{Read, Write};
+use std::io::Write;
 
 #[test]
 fn attach_detach_keys() {
@@ -47,20 +47,7 @@ fn run_it_detach_keys() {
         .stderr(pty.slave.try_clone().unwrap());
     let mut child = c.spawn().expect("setsid (util-linux) runs the launcher");
     let mut master = std::fs::File::from(pty.master);
-    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
-    {
-        let buf = buf.clone();
-        let mut m = master.try_clone().unwrap();
-        std::thread::spawn(move || {
-            let mut b = [0u8; 4096];
-            while let Ok(n) = m.read(&mut b) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
-            }
-        });
-    }
+    let buf = read_in_background(&master);
     wait_for("the prompt", &mut || buf.lock().unwrap().contains("# "));
     master.write_all(b"echo $((6*7))\r").unwrap();
     wait_for("the answer", &mut || buf.lock().unwrap().contains("42"));

@@ -416,3 +416,21 @@ impl ImageEnv {
         self.env.tmp.path()
     }
 }
+
+/// Everything read from `master` (a pty master), accumulated by a thread of its own until EOF.
+pub fn read_in_background(master: &std::fs::File) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use std::io::Read;
+    let buf = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let out = buf.clone();
+    let mut m = master.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut b = [0u8; 4096];
+        while let Ok(n) = m.read(&mut b) {
+            if n == 0 {
+                break;
+            }
+            out.lock().unwrap().push_str(&String::from_utf8_lossy(&b[..n]));
+        }
+    });
+    buf
+}
