@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use crate::dir_lower::{attr_from_stat, is_whiteout_stat};
 use crate::error::{Errno, Result, SetupError};
 use crate::ino::{Fh, Generation, Ino, LayerId, UpperIno, lower_ino, upper_ino};
-use crate::inode::{Inode, InodeTable, LowerRef, Pos, State, lock};
+use crate::inode::{Inode, InodeTable, LowerRef, Lowers, Name, Pos, State, lock};
 use crate::lower::{FileKind, Lower, LowerAttr, LowerDirEntry, LowerIno, LowerLookup, Timespec};
 use crate::sys::{self, SetTime};
 use crate::upper::{Upper, is_internal_xattr, remove_tree_contents};
@@ -393,7 +393,7 @@ impl Union {
             (Some(u), Some(r)) => u.is_opaque(&sys::XattrPath::fd(r.as_fd())),
             _ => false,
         };
-        let mut lowers = Vec::new();
+        let mut lowers = Lowers::new();
         if !root_opaque {
             for (i, l) in layers.iter().enumerate() {
                 lowers.push(LowerRef { layer: i, ino: l.root() });
@@ -415,7 +415,7 @@ impl Union {
             Ino::ROOT,
             table.new_generation(),
             FileKind::Directory,
-            Pos { parent: None, name: Vec::new(), detached: None },
+            Pos { parent: None, name: Name::new(), detached: None },
             state,
         ));
         Ok(Union {
@@ -521,8 +521,8 @@ impl Union {
 
     /// The lower directories named `name` under `lowers`, top first, stopping at the first
     /// whiteout, non-directory or opaque directory.
-    fn merge_lower_dirs(&self, lowers: &[LowerRef], name: &[u8]) -> Result<Vec<LowerRef>> {
-        let mut out = Vec::new();
+    fn merge_lower_dirs(&self, lowers: &[LowerRef], name: &[u8]) -> Result<Lowers> {
+        let mut out = Lowers::new();
         for lr in lowers {
             let l = &self.layers[lr.layer];
             match l.lookup(lr.ino, name)? {
@@ -543,8 +543,8 @@ impl Union {
         Ok(out)
     }
 
-    fn root_lowers(&self) -> Vec<LowerRef> {
-        let mut out = Vec::new();
+    fn root_lowers(&self) -> Lowers {
+        let mut out = Lowers::new();
         for (i, l) in self.layers.iter().enumerate() {
             out.push(LowerRef { layer: i, ino: l.root() });
             if l.is_opaque(l.root()).unwrap_or(false) {
@@ -555,7 +555,7 @@ impl Union {
     }
 
     /// Lower directories at `path` (components separated by `/`) from the layer roots.
-    fn lower_dirs_at(&self, path: &[u8]) -> Result<Vec<LowerRef>> {
+    fn lower_dirs_at(&self, path: &[u8]) -> Result<Lowers> {
         let mut cur = self.root_lowers();
         // Redirects come from the upper (written by us): still, never follow `.`/`..`.
         for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b"." && *c != b"..") {
@@ -682,7 +682,7 @@ impl Union {
     }
 
     fn instantiate(&self, parent: &Arc<Inode>, name: &[u8], found: Found, count: u64) -> Arc<Inode> {
-        let pos = Pos { parent: Some(parent.clone()), name: name.to_vec(), detached: None };
+        let pos = Pos { parent: Some(parent.clone()), name: Name::from_slice(name), detached: None };
         let Found { kind, ino, state } = found;
         let pos2 = pos.clone();
         let state2 = state.clone();
@@ -1412,7 +1412,7 @@ impl Union {
                     found.ino,
                     Generation(0),
                     found.kind,
-                    Pos { parent: Some(p.clone()), name: name.to_vec(), detached: None },
+                    Pos { parent: Some(p.clone()), name: Name::from_slice(name), detached: None },
                     found.state.clone(),
                 )),
             };
@@ -1467,7 +1467,7 @@ impl Union {
                 && let Some(d) = detached
             {
                 c.set_pos(|pp| {
-                    if pp.parent.as_ref().is_some_and(|x| Arc::ptr_eq(x, &p)) && pp.name == name {
+                    if pp.parent.as_ref().is_some_and(|x| Arc::ptr_eq(x, &p)) && pp.name[..] == *name {
                         pp.detached = Some(d);
                     }
                 });
@@ -1496,7 +1496,7 @@ impl Union {
             found.ino,
             Generation(0),
             found.kind,
-            Pos { parent: Some(parent.clone()), name: name.to_vec(), detached: None },
+            Pos { parent: Some(parent.clone()), name: Name::from_slice(name), detached: None },
             found.state,
         ))
     }
@@ -1688,7 +1688,7 @@ impl Union {
                     self.forget_dir_fd(d.ino);
                 }
             }
-            src.set_pos(|p| *p = Pos { parent: Some(np.clone()), name: nname.to_vec(), detached: None });
+            src.set_pos(|p| *p = Pos { parent: Some(np.clone()), name: Name::from_slice(nname), detached: None });
         }
         let src_state = src.state().clone();
         drop(g1);

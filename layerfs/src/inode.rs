@@ -34,6 +34,13 @@ pub struct LowerRef {
     pub ino: LowerIno,
 }
 
+/// The lower objects of an inode: one for files, stored inline (no allocation per inode).
+pub type Lowers = smallvec::SmallVec<[LowerRef; 1]>;
+
+/// A name in a directory, stored inline up to 24 bytes (most names), so that an inode costs
+/// one allocation.
+pub type Name = smallvec::SmallVec<[u8; 24]>;
+
 /// Where an inode sits in the merged tree (one of its names, for hard links).
 #[derive(Debug, Clone)]
 pub struct Pos {
@@ -41,7 +48,7 @@ pub struct Pos {
     /// to the upper root alive, like the kernel's dentry tree.
     pub parent: Option<Arc<Inode>>,
     /// Name in the parent.
-    pub name: Vec<u8>,
+    pub name: Name,
     /// An `O_PATH` fd to the upper object when it is not reachable by `name`: the name is gone
     /// (unlinked while still referenced, so operations on open-unlinked files keep working),
     /// or it is a lower name of a hard link whose copy is in the index (not linked into the
@@ -56,7 +63,7 @@ pub struct State {
     pub upper: bool,
     /// Directories: the lower directories merged under it, top first. Other files: the lower
     /// object holding the data while there is no upper copy (at most one).
-    pub lowers: Vec<LowerRef>,
+    pub lowers: Lowers,
     /// Origin of the object (lower layer and inode), kept across copy-up.
     pub origin: Option<(LayerId, LowerIno)>,
     /// Directories: some entry inside carries an origin (its `d_ino` needs a lookup).
@@ -248,7 +255,7 @@ mod tests {
     use super::*;
 
     fn pos() -> Pos {
-        Pos { parent: None, name: b"x".to_vec(), detached: None }
+        Pos { parent: None, name: Name::from_slice(b"x"), detached: None }
     }
 
     #[test]
