@@ -3,10 +3,13 @@
 # usr/lib): growth of Cached in /proc/meminfo plus the daemons' RSS, and the memory charged to a
 # cgroup holding the mounts, their daemons and the readers (immune to other processes), for kernel
 # overlayfs (lower = the extracted image), fuse-overlayfs, layerfs, layerfs without passthrough and
-# layerfs with cache_inline=1. Printed in MB and as a ratio to kernel overlayfs at the same N.
+# layerfs with cache_inline=1 and layerfs with cache_dirs=0. Printed in MB and as a ratio to
+# kernel overlayfs at the same N. The last columns add the kernel memory charged to the cgroup
+# (slab: dentries, inodes, FUSE requests; kernel overlayfs keeps its per-mount objects there).
 #
-# Usage: benches/scripts/memory.sh [N...]   (default: 1 10 100; above 10 only overlay and layerfs:
-#        the others cache every mount separately and 100 mounts would need tens of GB)
+# Usage: benches/scripts/memory.sh [N...]   (default: 1 10 100; above 10 only overlay and the
+#        layerfs variants that share the page cache: the others cache every mount separately and
+#        100 mounts would need tens of GB). MEM_FS="overlay layerfs ..." picks the file systems.
 # Needs root, /dev/fuse, fuse-overlayfs (scripts/deps.sh). Uses the data of fs-compare.sh.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,11 +52,15 @@ memcg_base() {
   fi
 }
 cg_base=$(memcg_base)
-cg_kb() { # cgroup -> "file_kb anon_kb"
+cg_kb() { # cgroup -> "file_kb anon_kb kernel_kb"
   if [ -f "$1/memory.current" ]; then
-    awk '$1=="file"{f=$2} $1=="anon"{a=$2} END{print int(f/1024), int(a/1024)}' "$1/memory.stat"
+    awk '$1=="file"{f=$2} $1=="anon"{a=$2} $1=="kernel"{k=$2} END{print int(f/1024), int(a/1024), int(k/1024)}' \
+      "$1/memory.stat"
   else
-    awk '$1=="total_cache"{f=$2} $1=="total_rss"{a=$2} END{print int(f/1024), int(a/1024)}' "$1/memory.stat"
+    local k=0
+    [ -f "$1/memory.kmem.usage_in_bytes" ] && k=$(($(cat "$1/memory.kmem.usage_in_bytes") / 1024))
+    awk -v k="$k" '$1=="total_cache"{f=$2} $1=="total_rss"{a=$2} END{print int(f/1024), int(a/1024), k}' \
+      "$1/memory.stat"
   fi
 }
 daemons_kb() { # pattern field (VmRSS or RssAnon)
@@ -81,14 +88,15 @@ measure() { # fs n -> MB
       layerfs) "$bin/layerfs" mount -o "store=$store" bench-base "$m" 2>/dev/null ;;
       layerfs-nopt) "$bin/layerfs" mount -o "store=$store,passthrough=0" bench-base "$m" 2>/dev/null ;;
       layerfs-cache) "$bin/layerfs" mount -o "store=$store,cache_inline=1" bench-base "$m" 2>/dev/null ;;
+      layerfs-nodircache) "$bin/layerfs" mount -o "store=$store,cache_dirs=0" bench-base "$m" 2>/dev/null ;;
     esac
   done
   for i in $(seq "$n"); do
     (cd "$mdir/m$i/usr/lib" && find . -type f -print0 | xargs -0 cat > /dev/null)
   done
   )
-  local cgfile=0 cganon=0
-  if [ -n "$cg" ]; then read -r cgfile cganon < <(cg_kb "$cg"); fi
+  local cgfile=0 cganon=0 cgkernel=0
+  if [ -n "$cg" ]; then read -r cgfile cganon cgkernel < <(cg_kb "$cg"); fi
   local after rss anon pat
   after=$(cached_kb)
   case $fs in
@@ -102,23 +110,25 @@ measure() { # fs n -> MB
   # The cgroup's charge (file + anon pages of the mounting and reading processes and their
   # daemons) is the same measure, immune to other processes' page cache.
   echo $(( (after - before + rss) / 1024 )) $(( (after - before + anon) / 1024 )) $((rss / 1024)) $((anon / 1024)) \
-    $(( (cgfile + cganon) / 1024 ))
+    $(( (cgfile + cganon) / 1024 )) $(( (cgfile + cganon + cgkernel) / 1024 ))
 }
 
 ratio() { awk "BEGIN{printf \"%.2f\", $1 / ($2 > 0 ? $2 : 1)}"; }
 [ -n "$cg_base" ] || echo "no memory cgroup found: the 'charged' column stays 0" >&2
 echo "working set: $(du -sm --apparent-size "$lower/usr/lib" | cut -f1) MB (usr/lib of the Debian image), $(nproc) cores, $(uname -r)"
-printf '%-16s %5s %16s %7s %16s %7s %11s %11s %12s %7s\n' fs N "Cached+RSS MB" ratio "Cached+anon MB" ratio "RSS MB" "anon MB" \
-  "charged MB" ratio
+printf '%-18s %5s %14s %6s %15s %6s %7s %8s %11s %6s %18s %6s\n' fs N "Cached+RSS MB" ratio "Cached+anon MB" ratio \
+  "RSS MB" "anon MB" "charged MB" ratio "charged+kernel MB" ratio
 for n in "${ns[@]}"; do
-  ref=""; cref=""
-  for fs in overlay fuse-overlayfs layerfs layerfs-nopt layerfs-cache; do
+  ref=""; cref=""; kref=""
+  for fs in ${MEM_FS:-overlay fuse-overlayfs layerfs layerfs-nodircache layerfs-nopt layerfs-cache}; do
     # The others cache every mount separately: 100 mounts would need tens of GB.
-    if [ "$fs" != overlay ] && [ "$fs" != layerfs ] && [ "$n" -gt 10 ]; then continue; fi
-    read -r total real rss anon charged < <(measure "$fs" "$n")
+    case $fs in overlay | layerfs | layerfs-nodircache) ;; *) [ "$n" -le 10 ] || continue ;; esac
+    read -r total real rss anon charged kcharged < <(measure "$fs" "$n")
     [ -n "$ref" ] || ref=$total
     [ -n "$cref" ] || cref=$charged
-    printf '%-16s %5d %16d %7s %16d %7s %11d %11d %12d %7s\n' "$fs" "$n" "$total" "$(ratio "$total" "$ref")" \
-      "$real" "$(ratio "$real" "$ref")" "$rss" "$anon" "$charged" "$(ratio "$charged" "$cref")"
+    [ -n "$kref" ] || kref=$kcharged
+    printf '%-18s %5d %14d %6s %15d %6s %7d %8d %11d %6s %18d %6s\n' "$fs" "$n" "$total" "$(ratio "$total" "$ref")" \
+      "$real" "$(ratio "$real" "$ref")" "$rss" "$anon" "$charged" "$(ratio "$charged" "$cref")" \
+      "$kcharged" "$(ratio "$kcharged" "$kref")"
   done
 done

@@ -40,6 +40,8 @@ pub struct FsOptions {
     /// Let the kernel cache inline lower data per mount (`cache_inline=1`); by default it is
     /// read with direct I/O from the layer's mapping, whose pages every mount shares.
     pub cache_inline: bool,
+    /// Let the kernel cache directory listings per mount (`cache_dirs`).
+    pub cache_dirs: bool,
 }
 
 impl Default for FsOptions {
@@ -50,6 +52,7 @@ impl Default for FsOptions {
             max_write: 1 << 20,
             volatile: false,
             cache_inline: false,
+            cache_dirs: true,
         }
     }
 }
@@ -336,7 +339,7 @@ impl Filesystem for LayerFs {
             | InitFlags::FUSE_POSIX_ACL
             | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
         let _ = config.add_capabilities(want & config.capabilities());
-        if config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
+        if self.opts.cache_dirs && config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
             self.no_opendir.store(true, Ordering::Relaxed);
         }
         let _ = config.set_max_write(self.opts.max_write);
@@ -543,6 +546,7 @@ impl Filesystem for LayerFs {
             return reply.error(FErrno::ENOSYS);
         }
         match self.core.opendir(Ino(ino.0)) {
+            Ok(_) if !self.opts.cache_dirs => reply.opened(FileHandle(0), FopenFlags::empty()),
             Ok(lower_only) => {
                 let flags = if lower_only {
                     FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR

@@ -95,6 +95,7 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
             passthrough: cfg.passthrough,
             volatile: cfg.volatile,
             cache_inline: cfg.cache_inline,
+            cache_dirs: cfg.cache_dirs,
             ..FsOptions::default()
         },
     );

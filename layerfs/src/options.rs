@@ -92,6 +92,8 @@ pub struct MountConfig {
     /// `cache_inline=1`: the kernel caches inline data of packed layers per mount (default:
     /// direct I/O from the layer's mapping, shared by every mount).
     pub cache_inline: bool,
+    /// `cache_dirs=0|1`: the kernel caches directory listings per mount.
+    pub cache_dirs: bool,
     /// Options that were ignored (reported as warnings).
     pub ignored: Vec<String>,
     /// The objects directory of packed layers with external data (default: the store's, found
@@ -122,6 +124,7 @@ impl Default for MountConfig {
             log: std::env::var_os("LAYERFS_LOG").map(PathBuf::from),
             volatile: false,
             cache_inline: false,
+            cache_dirs: true,
             ignored: Vec::new(),
             objects: None,
             store: None,
@@ -149,7 +152,7 @@ usage: layerfs mount [--upper DIR --work DIR] [-o OPTS] [-f] [-d] LAYER... MOUNT
        layerfs [-f] [-d] -o lowerdir=TOP:...:BOTTOM[,upperdir=U,workdir=W] [SOURCE] MOUNTPOINT
        layerfs umount MOUNTPOINT
 LAYERs are listed topmost first (like lowerdir=). Without an upper directory the mount is
-read-only. Options: timeout=SECS, passthrough=0|1, cache_inline=0|1, threads=N, log=FILE, ready_fd=N, ro, nodev,
+read-only. Options: timeout=SECS, passthrough=0|1, cache_inline=0|1, cache_dirs=0|1, threads=N, log=FILE, ready_fd=N, ro, nodev,
 nosuid, noexec, atime; fuse-overlayfs options are accepted (unknown ones are ignored with a warning).
 Environment: LAYERFS_NO_PASSTHROUGH, LAYERFS_LOG=FILE.";
 
@@ -248,6 +251,7 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
         ("log", Some(v)) => cfg.log = Some(v.into()),
         ("volatile", None) => cfg.volatile = true,
         ("cache_inline", Some(v)) => cfg.cache_inline = parse_bool(opt, v)?,
+        ("cache_dirs", Some(v)) => cfg.cache_dirs = parse_bool(opt, v)?,
         ("fsync" | "sync", Some(v)) => cfg.volatile = !parse_bool(opt, v)?,
         ("fsname", Some(v)) => cfg.source = v.into(),
         ("debug", None) => cfg.debug = true,

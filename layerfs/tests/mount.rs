@@ -7,7 +7,7 @@ use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{DirEntryExt, FileTypeExt, MetadataExt, PermissionsExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 
@@ -1166,5 +1166,66 @@ fn copy_up_across_filesystems() {
     assert_eq!(&got[..5], b"start");
     assert_eq!(&got[32 << 20..(32 << 20) + 6], b"middle");
     assert_eq!(got.iter().filter(|&&b| b != 0).count(), 11);
+    m.umount();
+}
+
+/// Lists `dir` on another thread while the daemon of `mnt` is stopped (SIGSTOP): the listing,
+/// if it came back within `wait` (so from the kernel's cache), else `None` (it needed the
+/// daemon; it is then let finish).
+fn list_with_daemon_stopped(mnt: &Path, dir: PathBuf, wait: std::time::Duration) -> Option<Vec<String>> {
+    let pid = nix::unistd::Pid::from_raw(daemon_pids(mnt)[0] as i32);
+    struct Cont(nix::unistd::Pid);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let cont = Cont(pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lister = std::thread::spawn(move || {
+        let _ = tx.send(ls(&dir));
+    });
+    let got = rx.recv_timeout(wait).ok();
+    drop(cont);
+    lister.join().unwrap();
+    got
+}
+
+/// By default the kernel caches directory listings (served with the daemon stopped); with
+/// `cache_dirs=0` every listing is asked of the daemon (no per-mount page cache for them), and
+/// comes out the same.
+#[test]
+fn directory_listings_cached_unless_cache_dirs_0() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    fs::create_dir(e.l(0).join("d")).unwrap();
+    let mut want: Vec<String> = (0..300).map(|i| format!("file-{i:03}")).collect();
+    for n in &want {
+        write(e.l(0).join("d").join(n), b"x");
+    }
+    want.sort();
+    let m = e.mount();
+    write(e.m("d/new"), b"upper");
+    want.push("new".into());
+    want.sort();
+    // Twice: the kernel asks for the directory's attributes again after a listing it did not
+    // have cached (the atime it cannot know).
+    assert_eq!(ls(&e.m("d")), want);
+    assert_eq!(ls(&e.m("d")), want);
+    let cached = list_with_daemon_stopped(&e.mnt, e.m("d"), std::time::Duration::from_secs(10));
+    assert_eq!(cached.as_ref(), Some(&want), "listing not served from the kernel's cache");
+    m.umount();
+
+    let m = e.mount_with(&["-o", "cache_dirs=0"]);
+    assert_eq!(ls(&e.m("d")), want);
+    assert_eq!(ls(&e.m("d")), want);
+    let got = list_with_daemon_stopped(&e.mnt, e.m("d"), std::time::Duration::from_millis(1500));
+    assert_eq!(got, None, "cache_dirs=0: a listing came back with the daemon stopped");
+    fs::remove_file(e.m("d/file-000")).unwrap();
+    want.retain(|n| n != "file-000");
+    assert_eq!(ls(&e.m("d")), want);
     m.umount();
 }
