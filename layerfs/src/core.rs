@@ -2029,6 +2029,13 @@ impl Union {
 
     // ----- directories -------------------------------------------------------------------
 
+    /// Read-ahead of every lower layer's metadata (see [`Lower::prefetch`]).
+    pub fn prefetch(&self) {
+        for l in &self.layers {
+            l.prefetch();
+        }
+    }
+
     /// `opendir`: checks the directory; true when nothing of it is in the upper (its listing
     /// cannot change behind the kernel). No handle: listings are found by their offsets (see
     /// [`Union::readdir`]), so the kernel may skip OPENDIR/RELEASEDIR altogether.

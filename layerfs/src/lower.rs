@@ -161,6 +161,10 @@ pub trait Lower: Send + Sync + Debug {
     /// The root directory.
     fn root(&self) -> LowerIno;
 
+    /// Asks the kernel to read ahead what lookups will need (best effort; called by the daemon
+    /// once the mount is live, so that it does not delay the mount).
+    fn prefetch(&self) {}
+
     /// Looks `name` (one component, never `.`/`..`) up in directory `dir`.
     fn lookup(&self, dir: LowerIno, name: &[u8]) -> Result<LowerLookup>;
 

@@ -76,6 +76,7 @@ pub fn build_union_leased(cfg: &MountConfig, leases: &mut crate::lease::Leases) 
 /// A mounted, not yet served filesystem.
 pub struct Mounted {
     session: fuser::Session<LayerFs>,
+    union: Arc<Union>,
     mountpoint: std::path::PathBuf,
 }
 
@@ -88,8 +89,9 @@ impl std::fmt::Debug for Mounted {
 /// Mounts `union` at the configured mountpoint; returns once the mount is live.
 pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
     use fuser::MountOption as M;
+    let union = Arc::new(union);
     let fs = LayerFs::new(
-        Arc::new(union),
+        union.clone(),
         FsOptions {
             ttl: cfg.timeout,
             passthrough: cfg.passthrough,
@@ -112,7 +114,7 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
     config.n_threads = Some(cfg.threads.max(1));
     config.clone_fd = true;
     let session = fuser::Session::new(fs, &cfg.mountpoint, &config)?;
-    Ok(Mounted { session, mountpoint: cfg.mountpoint.clone() })
+    Ok(Mounted { session, union, mountpoint: cfg.mountpoint.clone() })
 }
 
 /// Sets up logging to standard error (`LAYERFS_LOG_LEVEL`, else `info`, or `debug` with `debug`).
@@ -176,7 +178,12 @@ pub fn serve(m: Mounted) -> std::io::Result<()> {
     set.add(Signal::SIGHUP);
     set.thread_block()?;
     let mp = m.mountpoint.clone();
+    let union = m.union.clone();
     std::thread::Builder::new().name("layerfs-signals".into()).spawn(move || {
+        // Read-ahead of the layers' metadata here rather than before the mount: it is
+        // proportional to the image, and the mount must not be.
+        union.prefetch();
+        drop(union);
         if let Ok(sig) = set.wait() {
             tracing::info!(?sig, mountpoint = %mp.display(), "unmounting");
             if let Err(e) = umount(&mp, true) {

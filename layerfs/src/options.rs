@@ -119,7 +119,7 @@ impl Default for MountConfig {
             debug: false,
             timeout: Duration::from_secs(86400),
             passthrough: std::env::var_os("LAYERFS_NO_PASSTHROUGH").is_none(),
-            threads: std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 8)),
+            threads: crate::sys::usable_cpus().clamp(2, 8),
             flags: Flags::default(),
             log: std::env::var_os("LAYERFS_LOG").map(PathBuf::from),
             volatile: false,

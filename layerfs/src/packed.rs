@@ -84,10 +84,6 @@ impl PackedLower {
             }
             (None, false) => None,
         };
-        // Metadata is read at random by lookups: ask for it up front, it is small.
-        let meta_start = layer.header().data_end as usize;
-        let len = layer.bytes().len();
-        layer.source().will_need(meta_start, len - meta_start);
         Ok(PackedLower { layer, path: path.to_path_buf(), objects, logged: AtomicBool::new(false) })
     }
 
@@ -131,6 +127,13 @@ impl PackedLower {
 impl Lower for PackedLower {
     fn root(&self) -> LowerIno {
         LowerIno(self.layer.root() as u64)
+    }
+
+    /// Metadata is read at random by lookups: ask for all of it (it is small) in one go.
+    fn prefetch(&self) {
+        let meta_start = self.layer.header().data_end as usize;
+        let len = self.layer.bytes().len();
+        self.layer.source().will_need(meta_start, len.saturating_sub(meta_start));
     }
 
     fn lookup(&self, dir: LowerIno, name: &[u8]) -> Result<LowerLookup> {

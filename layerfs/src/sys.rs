@@ -384,12 +384,17 @@ pub fn geteuid() -> u32 {
 }
 
 fn thread_count() -> io::Result<usize> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+    // The task directory, not /proc/self/status: that one costs more to render.
+    Ok(std::fs::read_dir("/proc/self/task")?.count())
+}
+
+/// CPUs this process may run on (its affinity mask; `available_parallelism` also reads the
+/// cgroup's CPU quota files, which costs more than the answer is worth on a mount's path).
+pub fn usable_cpus() -> usize {
+    use nix::sched::CpuSet;
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0))
+        .map(|set| (0..CpuSet::count()).filter(|&i| set.is_set(i).unwrap_or(false)).count())
+        .unwrap_or(2)
 }
 
 /// `fork()`, refused (EBUSY) unless the process has exactly one thread: the child then runs
