@@ -63,6 +63,8 @@ pub struct RunOptions {
     pub detach_keys: Option<String>,
     /// `--cgroups auto|enabled|disabled` (`None`: auto).
     pub cgroups: Option<String>,
+    /// layerfs mount options for an image root (`--storage-opt`).
+    pub storage_opt: Vec<String>,
     /// `IMAGE [CMD...]`, or with `--rootfs` just `[CMD...]`.
     pub args: Vec<String>,
 }
@@ -82,6 +84,11 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
         Some(dir) => {
             let path =
                 std::path::absolute(dir).map_err(|e| Error::Rootfs { path: dir.clone(), reason: e.to_string() })?;
+            if !o.storage_opt.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "--storage-opt applies to the layerfs mount of an image, not to --rootfs".into(),
+                ));
+            }
             let rootfs = RootFsSpec::Dir { path };
             rootfs.validate()?;
             (rootfs, ImageConfig::default(), o.args.as_slice())
@@ -93,7 +100,8 @@ pub fn build_config(o: &RunOptions) -> Result<ContainerConfig> {
                 ));
             };
             let store = o.store.clone().unwrap_or_else(tools::store::Store::default_root);
-            let (rootfs, image) = rootfs::resolve_image(&store, name)?;
+            let (mut rootfs, image) = rootfs::resolve_image(&store, name)?;
+            rootfs.set_mount_options(&o.storage_opt)?;
             if rootless {
                 rootless_fuse_check()?;
             }

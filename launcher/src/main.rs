@@ -202,6 +202,10 @@ struct RunArgs {
     /// Own cgroup: auto (only with -m/--cpus/--pids-limit), enabled, disabled
     #[arg(long)]
     cgroups: Option<String>,
+    /// A layerfs mount option for the image's root, KEY=VALUE (repeatable): cache_dirs, cache_inline,
+    /// passthrough, timeout, threads
+    #[arg(long = "storage-opt", value_name = "KEY=VALUE")]
+    storage_opt: Vec<String>,
     /// IMAGE [COMMAND] [ARG...]; with --rootfs only [COMMAND] [ARG...] (default /bin/sh)
     #[arg(value_name = "IMAGE|COMMAND", trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
@@ -249,6 +253,7 @@ fn main() -> ExitCode {
                 tmpfs: a.tmpfs,
                 detach_keys: a.detach_keys,
                 cgroups: a.cgroups,
+                storage_opt: a.storage_opt,
                 args: a.args,
             },
         ),

@@ -62,7 +62,13 @@ pub struct LayerfsSpec {
     /// The image the layers come from.
     #[serde(default)]
     pub image: Option<ImageInfo>,
+    /// Extra layerfs mount options (`--storage-opt`), each `KEY=VALUE` of [`MOUNT_OPTIONS`].
+    #[serde(default)]
+    pub options: Vec<String>,
 }
+
+/// The layerfs options `--storage-opt` may set (the others are the launcher's to choose).
+pub const MOUNT_OPTIONS: &[&str] = &["cache_dirs", "cache_inline", "passthrough", "timeout", "threads"];
 
 /// The image a container runs, as recorded in its `state.json` (what `commit` and `diff` start from).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,6 +215,33 @@ impl RootFsSpec {
         }
     }
 
+    /// Sets the extra layerfs mount options of an image root (checked: known keys, values layerfs accepts).
+    pub fn set_mount_options(&mut self, opts: &[String]) -> Result<()> {
+        let RootFsSpec::Layerfs(l) = self else {
+            if opts.is_empty() {
+                return Ok(());
+            }
+            return Err(Error::InvalidArgument("--storage-opt needs an image root".into()));
+        };
+        let mut probe = layerfs::options::MountConfig::default();
+        for o in opts {
+            let key = o.split_once('=').map_or(o.as_str(), |(k, _)| k);
+            if !MOUNT_OPTIONS.contains(&key) {
+                return Err(Error::InvalidArgument(format!(
+                    "--storage-opt {o}: unknown option (known: {})",
+                    MOUNT_OPTIONS.join(", ")
+                )));
+            }
+            if !o.contains('=') || o.contains(',') {
+                return Err(Error::InvalidArgument(format!("--storage-opt {o}: expected KEY=VALUE")));
+            }
+            layerfs::options::apply_option(&mut probe, o)
+                .map_err(|e| Error::InvalidArgument(format!("--storage-opt {o}: {e}")))?;
+        }
+        l.options = opts.to_vec();
+        Ok(())
+    }
+
     /// The layerfs spec, if this root is one.
     pub fn layerfs(&self) -> Option<&LayerfsSpec> {
         match self {
@@ -314,6 +347,7 @@ pub fn resolve_image(store_root: &Path, name: &str) -> Result<(RootFsSpec, Image
         lowerdirs: lowerdirs.into_iter().map(|p| std::path::absolute(&p).unwrap_or(p)).collect(),
         objects,
         image: Some(info),
+        options: Vec::new(),
     });
     spec.validate()?;
     Ok((spec, img.config))
@@ -372,6 +406,10 @@ fn daemon_args(spec: &LayerfsSpec, dirs: &LayerfsDirs) -> Vec<std::ffi::OsString
     if let Some(o) = &spec.objects {
         a.push("-o".into());
         a.push(format!("objects={}", o.display()).into());
+    }
+    for o in &spec.options {
+        a.push("-o".into());
+        a.push(o.into());
     }
     a.push(dirs.init.clone().into());
     a.extend(spec.lowerdirs.iter().map(|l| l.clone().into_os_string()));
@@ -618,6 +656,7 @@ mod tests {
             lowerdirs: vec!["/s/layers/b.lpk".into(), "/s/layers/a.lpk".into()],
             objects: Some("/s/objects".into()),
             image: None,
+            options: vec!["cache_dirs=0".into()],
         };
         let dirs = LayerfsDirs::new(Path::new("/run/c"), Path::new("/run/c/1"));
         let a: Vec<String> = daemon_args(&spec, &dirs).iter().map(|s| s.to_string_lossy().into_owned()).collect();
@@ -633,6 +672,8 @@ mod tests {
                 "/run/c/1/work",
                 "-o",
                 "objects=/s/objects",
+                "-o",
+                "cache_dirs=0",
                 "/run/c/init-layer",
                 "/s/layers/b.lpk",
                 "/s/layers/a.lpk",

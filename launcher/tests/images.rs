@@ -255,3 +255,48 @@ fn gc_keeps_the_layers_of_running_containers() {
     assert!(gc.layers >= 2 && gc.objects >= 1, "removed once the container is gone: {gc:?}");
     t.assert_clean("rm");
 }
+
+/// `--storage-opt` passes layerfs mount options to the daemon of an image's root: with
+/// `cache_dirs=0` a listing needs the daemon every time (it blocks while the daemon is stopped).
+/// Unknown keys, bad values and `--rootfs` are refused with 125.
+#[test]
+fn storage_opt_reaches_the_daemon() {
+    let t = ImageEnv::new();
+    let id = t.detach(&["--storage-opt", "cache_dirs=0", "--storage-opt", "timeout=5"], &["test:1", "sleep", "1000"]);
+    let st = t.inspect(&id);
+    assert_eq!(st["config"]["rootfs"]["layerfs"]["options"], serde_json::json!(["cache_dirs=0", "timeout=5"]));
+    let pid = st["pid"].as_i64().unwrap();
+    let daemon = st["layerfs"]["daemon_pid"].as_i64().expect("daemon pid in the state") as i32;
+    let etc = PathBuf::from(format!("/proc/{pid}/root/etc"));
+    let list = |p: PathBuf| std::fs::read_dir(p).unwrap().count();
+    let n = list(etc.clone());
+    assert!(n > 0);
+    assert_eq!(list(etc.clone()), n);
+    let daemon = nix::unistd::Pid::from_raw(daemon);
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let lister = std::thread::spawn(move || {
+        let _ = tx.send(list(etc));
+    });
+    let blocked = rx.recv_timeout(std::time::Duration::from_millis(1500)).is_err();
+    nix::sys::signal::kill(daemon, nix::sys::signal::Signal::SIGCONT).unwrap();
+    lister.join().unwrap();
+    assert!(blocked, "a listing came back with the daemon stopped: cache_dirs=0 did not reach it");
+    ok(&t.launcher(&["rm", "-f", &id]));
+
+    for (opts, what) in [
+        (vec!["--storage-opt", "upperdir=/tmp"], "unknown option"),
+        (vec!["--storage-opt", "cache_dirs=maybe"], "cache_dirs=maybe"),
+        (vec!["--storage-opt", "cache_dirs"], "expected KEY=VALUE"),
+    ] {
+        let o = t.run(&opts, &["test:1", "true"]);
+        assert_eq!(code(&o), 125, "{opts:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(what), "{opts:?}: {}", stderr(&o));
+    }
+    let dir = t.tmp().join("rootfs-for-storage-opt");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = t.launcher(&["run", "--storage-opt", "cache_dirs=0", "--rootfs", dir.to_str().unwrap(), "true"]);
+    assert_eq!(code(&o), 125, "{}", stderr(&o));
+    assert!(stderr(&o).contains("not to --rootfs"), "{}", stderr(&o));
+    t.assert_clean("--storage-opt");
+}

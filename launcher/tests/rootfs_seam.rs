@@ -29,7 +29,12 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
     let lower = env.tmp.path().join("lower");
     std::fs::create_dir_all(lower.join("etc")).unwrap();
     std::fs::write(lower.join("etc/motd"), "from the lower\n").unwrap();
-    let spec = RootFsSpec::Layerfs(LayerfsSpec { lowerdirs: vec![lower.clone()], objects: None, image: None });
+    let spec = RootFsSpec::Layerfs(LayerfsSpec {
+        lowerdirs: vec![lower.clone()],
+        objects: None,
+        image: None,
+        options: vec![],
+    });
     spec.validate().unwrap();
     let state = env.tmp.path().join("ctr");
     std::fs::create_dir(&state).unwrap();
@@ -76,8 +81,12 @@ fn layerfs_daemon_in_its_own_mount_namespace() {
     assert_no_leaks(env.tmp.path(), "a killed daemon");
 
     // A failing mount: the error carries the daemon's log.
-    let bad =
-        RootFsSpec::Layerfs(LayerfsSpec { lowerdirs: vec!["/nonexistent/layer".into()], objects: None, image: None });
+    let bad = RootFsSpec::Layerfs(LayerfsSpec {
+        lowerdirs: vec!["/nonexistent/layer".into()],
+        objects: None,
+        image: None,
+        options: vec![],
+    });
     let mut root = bad.prepare(fresh(), false).unwrap();
     let err = root.daemon.as_mut().unwrap().wait_ready().unwrap_err().to_string();
     assert!(err.starts_with("layerfs: mount: ") && err.contains("/nonexistent/layer"), "{err}");
