@@ -95,8 +95,9 @@ pub enum SetupError {
     /// A layer, upper or work directory could not be opened.
     #[error("cannot open {what} {path:?}: {source}")]
     Open { what: &'static str, path: PathBuf, source: io::Error },
-    /// The upper and work directories are not on one filesystem.
-    #[error("upper {upper:?} and work {work:?} must be on the same filesystem")]
+    /// The upper and work directories are not on one filesystem, or not under one mount (a
+    /// rename from one to the other would fail with EXDEV, as kernel overlayfs also refuses).
+    #[error("upper {upper:?} and work {work:?} must be on the same filesystem, under the same mount")]
     WorkDevice { upper: PathBuf, work: PathBuf },
     /// Preparing the work directory failed.
     #[error("cannot prepare work directory {path:?}: {source}")]

@@ -383,6 +383,16 @@ pub fn geteuid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
+/// The id of the mount `fd` is on (`mnt_id` of `/proc/self/fdinfo/FD`): two directories on one
+/// filesystem but under different mounts (bind mounts) still cannot rename into each other.
+pub fn mount_id(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("mnt_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::EIO))
+}
+
 fn thread_count() -> io::Result<usize> {
     // The task directory, not /proc/self/status: that one costs more to render.
     Ok(std::fs::read_dir("/proc/self/task")?.count())

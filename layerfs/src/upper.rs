@@ -148,7 +148,11 @@ impl Upper {
             path: work.into(),
             source,
         })?;
-        if ust.st_dev != wst.st_dev {
+        let same_mount = match (sys::mount_id(root.as_fd()), sys::mount_id(workdir.as_fd())) {
+            (Ok(u), Ok(w)) => u == w,
+            _ => true, // no /proc: the device check alone
+        };
+        if ust.st_dev != wst.st_dev || !same_mount {
             return Err(SetupError::WorkDevice { upper: upper.into(), work: work.into() });
         }
         let w = sub_dir(workdir.as_fd(), c"work", work)?;

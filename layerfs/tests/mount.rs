@@ -1229,3 +1229,95 @@ fn directory_listings_cached_unless_cache_dirs_0() {
     assert_eq!(ls(&e.m("d")), want);
     m.umount();
 }
+
+/// Unmounts (lazily) the given mounts on drop, last first.
+struct Unmount(Vec<PathBuf>);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        for p in self.0.iter().rev() {
+            let _ = layerfs::mount::umount(p, true);
+        }
+    }
+}
+
+/// A full upper file system: a write and a copy-up that do not fit fail with ENOSPC, nothing
+/// half-copied shows or stays behind in the work directory, the lower data stays readable,
+/// metadata-only changes still work, and the mount works again once space is freed.
+#[test]
+fn full_upper_gives_enospc_and_loses_nothing() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    write(e.l(0).join("big"), &big);
+    write(e.l(0).join("small"), b"small lower file");
+    // Upper and work on one 1 MiB tmpfs.
+    let small = e.dir.path().join("small-fs");
+    fs::create_dir(&small).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount tmpfs");
+    let mut guard = Unmount(vec![small.clone()]);
+    let (upper, work) = (small.join("u"), small.join("w"));
+    fs::create_dir(&upper).unwrap();
+    fs::create_dir(&work).unwrap();
+    let mount = |upper: &Path, work: &Path| {
+        std::process::Command::new(BIN)
+            .arg("-o")
+            .arg(format!("lowerdir={},upperdir={},workdir={}", e.lowerdir(), upper.display(), work.display()))
+            .arg(&e.mnt)
+            .output()
+            .unwrap()
+    };
+    // The same file system under two mounts (bind mounts) is refused at mount, as kernel
+    // overlayfs does, instead of failing every copy-up with EXDEV later.
+    for (d, at) in [(&upper, &e.upper), (&work, &e.work)] {
+        let st = std::process::Command::new("mount").arg("--bind").arg(d).arg(at).status().unwrap();
+        assert!(st.success(), "bind mount");
+        guard.0.push(at.clone());
+    }
+    let out = mount(&e.upper, &work);
+    assert!(!out.status.success(), "upper and work under different mounts were accepted");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("under the same mount"), "{out:?}");
+    let out = mount(&upper, &work);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mount { path: e.mnt.clone() };
+
+    // A new file bigger than the upper: the write fails with ENOSPC.
+    let err = fs::write(e.m("new"), &big).expect_err("3 MB fitted in a 1 MiB upper");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    fs::remove_file(e.m("new")).unwrap();
+
+    // A copy-up that does not fit: the open for writing fails, the file keeps its lower data,
+    // and nothing of the attempt is left in the upper or the work directory.
+    let err = fs::OpenOptions::new().append(true).open(e.m("big")).expect_err("copy-up of 3 MB fitted in 1 MiB");
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(fs::read(e.m("big")).unwrap(), big);
+    assert!(!upper.join("big").exists(), "a partial copy-up is visible in the upper");
+    assert_eq!(ls(&work.join("work")), Vec::<String>::new(), "copy-up leftovers in the work directory");
+
+    // Metadata-only changes need no data copy: they still work on the full upper.
+    fs::set_permissions(e.m("big"), fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(fs::metadata(e.m("big")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::read(e.m("big")).unwrap(), big);
+
+    // Small changes fit: the mount is healthy.
+    fs::OpenOptions::new().append(true).open(e.m("small")).unwrap().write_all(b" + upper").unwrap();
+    assert_eq!(fs::read(e.m("small")).unwrap(), b"small lower file + upper");
+    m.umount();
+    // After a remount everything is as it was left.
+    let out = mount(&upper, &work);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let m = Mount { path: e.mnt.clone() };
+    assert_eq!(fs::read(e.m("big")).unwrap(), big);
+    assert_eq!(fs::metadata(e.m("big")).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::read(e.m("small")).unwrap(), b"small lower file + upper");
+    assert!(!e.m("new").exists());
+    m.umount();
+    drop(guard);
+}
