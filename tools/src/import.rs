@@ -453,9 +453,33 @@ pub fn import(
     };
     pb.set_length(blobs.iter().map(|b| b.size).sum());
     pb.set_message(format!("{kind}, {} layer(s)", blobs.len()));
-    let _lock = store.lock_shared()?;
+    let lock = store.lock_shared()?;
+    let res = import_locked(store, source, &image_ref, &blobs, config.as_ref(), opts, pb);
+    drop(lock);
+    if res.is_err() {
+        // What the failed import already published (objects, layers of a multi-layer image,
+        // source records) is referenced by no image: collect it now unless another writer holds
+        // the store (then the next `rmi`/`gc` does), so that a full disk does not stay full.
+        // The import's own error is what the caller hears about; a failed clean-up leaves the
+        // rest to the next collection.
+        if let Ok(Some(_gc)) = store.try_lock_exclusive() {
+            let _ = store.collect_garbage();
+        }
+    }
+    res
+}
+
+fn import_locked(
+    store: &Store,
+    source: &Path,
+    image_ref: &ImageRef,
+    blobs: &[LayerBlob],
+    config: Option<&serde_json::Value>,
+    opts: &ImportOptions,
+    pb: &ProgressBar,
+) -> Result<ImportReport, ImportError> {
     let mut layers = Vec::new();
-    for blob in &blobs {
+    for blob in blobs {
         layers.push(convert_into_store(store, blob, opts, pb)?);
     }
     let image = Image {
@@ -467,8 +491,8 @@ pub fn import(
             .zip(blobs.iter().map(|b| b.diff_id))
             .map(|(c, d)| c.or(d.map(|d| digest_string(&d))).unwrap_or_default())
             .collect(),
-        config: config.as_ref().map(ImageConfig::from_oci).unwrap_or_else(ImageConfig::rootfs_default),
-        created: config.as_ref().and_then(|c| c["created"].as_str().map(String::from)),
+        config: config.map(ImageConfig::from_oci).unwrap_or_else(ImageConfig::rootfs_default),
+        created: config.and_then(|c| c["created"].as_str().map(String::from)),
         source: std::fs::canonicalize(source).unwrap_or_else(|_| source.to_path_buf()).display().to_string(),
         comment: None,
     };

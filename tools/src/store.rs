@@ -118,6 +118,23 @@ impl Store {
         self.lock(true)
     }
 
+    /// The exclusive lock if nobody holds the store lock now (`None`: an import, a mount being
+    /// set up or a garbage collection is under way).
+    pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, StoreError> {
+        let p = self.root.join("lock");
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))?;
+        match f.try_lock() {
+            Ok(()) => Ok(Some(StoreLock { _file: f })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::io("locking the store", e)),
+        }
+    }
+
     /// Path of layer `digest`.
     pub fn layer_path(&self, digest: &Digest32) -> PathBuf {
         layerfs::store::layer_path(&self.root, &hex::encode(digest))

@@ -675,3 +675,79 @@ fn export_save_flatten_round_trips() {
     assert_eq!(merged_tree(&store, "flat"), orig);
     assert_eq!(walk(&store.objects_dir()).len(), objects_before);
 }
+
+/// Incompressible bytes (xorshift).
+fn incompressible(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// Import into a store on a full file system: a clear error naming the cause, and no trace of the
+/// failed image (no image, layer, object, source or temporary file); the store stays usable and
+/// every image in it verifies.
+#[test]
+fn import_into_a_full_store_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let fsdir = dir.path().join("fs");
+    std::fs::create_dir(&fsdir).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&fsdir).status().unwrap();
+    assert!(st.success(), "mounting a 2 MiB tmpfs failed: this test needs root (CI runs as root)");
+    struct Umount(PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(fsdir.clone());
+    let root = fsdir.join("store");
+    let entries = |d: &str| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join(d))
+            .map(|r| r.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    let mut small = Tar::new();
+    small.dir("etc/", 0o755).file("etc/motd", b"hello\n").file("etc/data", &incompressible(1, 100_000));
+    let small_tar = dir.path().join("small.tar");
+    std::fs::write(&small_tar, small.bytes()).unwrap();
+    let out = layertool(&root, &["import", "--no-sync", small_tar.to_str().unwrap(), "--tag", "small:1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let before: Vec<_> = ["images", "layers", "objects", "sources"].iter().map(|d| walk(&root.join(d))).collect();
+
+    let mut big = Tar::new();
+    big.file("usr/a", &incompressible(2, 1_500_000)).file("usr/b", &incompressible(3, 1_500_000));
+    let big_tar = dir.path().join("big.tar");
+    std::fs::write(&big_tar, big.bytes()).unwrap();
+    let out = layertool(&root, &["import", "--no-sync", big_tar.to_str().unwrap(), "--tag", "big:1"]);
+    assert!(!out.status.success(), "3 MB imported into a 2 MiB store");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("No space left on device"), "{err}");
+
+    let after: Vec<_> = ["images", "layers", "objects", "sources"].iter().map(|d| walk(&root.join(d))).collect();
+    assert_eq!(before, after, "the failed import left something in the store");
+    assert_eq!(entries("tmp"), Vec::<String>::new(), "temporary files left behind");
+    let images = String::from_utf8_lossy(&layertool(&root, &["images"]).stdout).into_owned();
+    assert!(images.contains("small:1") && !images.contains("big:1"), "{images}");
+    let out = layertool(&root, &["verify", "small:1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+
+    // The store is usable: once there is room, the same import goes through.
+    assert!(layertool(&root, &["rmi", "small:1"]).status.success());
+    let mut fits = Tar::new();
+    fits.file("usr/a", &incompressible(2, 1_000_000));
+    let fits_tar = dir.path().join("fits.tar");
+    std::fs::write(&fits_tar, fits.bytes()).unwrap();
+    let out = layertool(&root, &["import", "--no-sync", fits_tar.to_str().unwrap(), "--tag", "fits:1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(layertool(&root, &["verify", "fits:1"]).status.success());
+}
