@@ -95,14 +95,18 @@ impl Store {
         &self.root
     }
 
-    fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {
+    fn lock_file(&self) -> Result<File, StoreError> {
         let p = self.root.join("lock");
-        let f = OpenOptions::new()
+        OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))?;
+            .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))
+    }
+
+    fn lock(&self, exclusive: bool) -> Result<StoreLock, StoreError> {
+        let f = self.lock_file()?;
         let r = if exclusive { f.lock() } else { f.lock_shared() };
         r.map_err(|e| StoreError::io("locking the store", e))?;
         Ok(StoreLock { _file: f })
@@ -121,13 +125,7 @@ impl Store {
     /// The exclusive lock if nobody holds the store lock now (`None`: an import, a mount being
     /// set up or a garbage collection is under way).
     pub fn try_lock_exclusive(&self) -> Result<Option<StoreLock>, StoreError> {
-        let p = self.root.join("lock");
-        let f = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| StoreError::io(format!("opening {}", p.display()), e))?;
+        let f = self.lock_file()?;
         match f.try_lock() {
             Ok(()) => Ok(Some(StoreLock { _file: f })),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),

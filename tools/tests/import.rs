@@ -1,6 +1,8 @@
 //! layertool on synthetic tarballs and images: every entry type checked against the source,
 //! hostile archives, OCI layouts, docker save archives, the store and its garbage collection.
 
+mod common;
+
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -676,20 +678,6 @@ fn export_save_flatten_round_trips() {
     assert_eq!(walk(&store.objects_dir()).len(), objects_before);
 }
 
-/// Incompressible bytes (xorshift).
-fn incompressible(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = Vec::with_capacity(n + 8);
-    while v.len() < n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(n);
-    v
-}
-
 /// Import into a store on a full file system: a clear error naming the cause, and no trace of the
 /// failed image (no image, layer, object, source or temporary file); the store stays usable and
 /// every image in it verifies.
@@ -717,7 +705,7 @@ fn import_into_a_full_store_fails_cleanly() {
     };
 
     let mut small = Tar::new();
-    small.dir("etc/", 0o755).file("etc/motd", b"hello\n").file("etc/data", &incompressible(1, 100_000));
+    small.dir("etc/", 0o755).file("etc/motd", b"hello\n").file("etc/data", &common::noise(1, 100_000));
     let small_tar = dir.path().join("small.tar");
     std::fs::write(&small_tar, small.bytes()).unwrap();
     let out = layertool(&root, &["import", "--no-sync", small_tar.to_str().unwrap(), "--tag", "small:1"]);
@@ -725,7 +713,7 @@ fn import_into_a_full_store_fails_cleanly() {
     let before: Vec<_> = ["images", "layers", "objects", "sources"].iter().map(|d| walk(&root.join(d))).collect();
 
     let mut big = Tar::new();
-    big.file("usr/a", &incompressible(2, 1_500_000)).file("usr/b", &incompressible(3, 1_500_000));
+    big.file("usr/a", &common::noise(2, 1_500_000)).file("usr/b", &common::noise(3, 1_500_000));
     let big_tar = dir.path().join("big.tar");
     std::fs::write(&big_tar, big.bytes()).unwrap();
     let out = layertool(&root, &["import", "--no-sync", big_tar.to_str().unwrap(), "--tag", "big:1"]);
@@ -744,7 +732,7 @@ fn import_into_a_full_store_fails_cleanly() {
     // The store is usable: once there is room, the same import goes through.
     assert!(layertool(&root, &["rmi", "small:1"]).status.success());
     let mut fits = Tar::new();
-    fits.file("usr/a", &incompressible(2, 1_000_000));
+    fits.file("usr/a", &common::noise(2, 1_000_000));
     let fits_tar = dir.path().join("fits.tar");
     std::fs::write(&fits_tar, fits.bytes()).unwrap();
     let out = layertool(&root, &["import", "--no-sync", fits_tar.to_str().unwrap(), "--tag", "fits:1"]);
