@@ -710,7 +710,8 @@ impl Drop for TempGuard {
 /// the layer is written to `tmp/` and renamed to `layers/<sha256>.lpk` once complete and synced,
 /// and the manifest is written (temp file + rename) after a `syncfs`. A commit killed at any point
 /// leaves no half layer and no image: only a file in `tmp/` and maybe unreferenced objects, which
-/// the next `gc` removes. The store's shared lock keeps `gc` out meanwhile.
+/// the next `gc` removes. The store's shared lock keeps `gc` out meanwhile; a commit that fails
+/// (a full disk) collects what it published (see [`Store::write_or_collect`]).
 pub fn commit_image(
     store: &Store,
     upper: &Path,
@@ -721,7 +722,18 @@ pub fn commit_image(
     let image_ref = ImageRef::parse(req.name).map_err(crate::StoreError::from)?;
     let mut config = req.base.map(|b| b.config.clone()).unwrap_or_else(crate::image::ImageConfig::rootfs_default);
     config.apply_changes(req.changes)?;
-    let _lock = store.lock_shared()?;
+    store.write_or_collect(|| commit_locked(store, upper, req, config, image_ref, opts, pb))
+}
+
+fn commit_locked(
+    store: &Store,
+    upper: &Path,
+    req: &ImageCommit<'_>,
+    config: crate::image::ImageConfig,
+    image_ref: ImageRef,
+    opts: &CommitOptions,
+    pb: &ProgressBar,
+) -> Result<ImageCommitReport, CommitError> {
     let layers = match req.base {
         Some(img) => crate::open_image_layers(store, img)?,
         None => Vec::new(),

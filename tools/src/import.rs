@@ -453,20 +453,7 @@ pub fn import(
     };
     pb.set_length(blobs.iter().map(|b| b.size).sum());
     pb.set_message(format!("{kind}, {} layer(s)", blobs.len()));
-    let lock = store.lock_shared()?;
-    let res = import_locked(store, source, &image_ref, &blobs, config.as_ref(), opts, pb);
-    drop(lock);
-    if res.is_err() {
-        // What the failed import already published (objects, layers of a multi-layer image,
-        // source records) is referenced by no image: collect it now unless another writer holds
-        // the store (then the next `rmi`/`gc` does), so that a full disk does not stay full.
-        // The import's own error is what the caller hears about; a failed clean-up leaves the
-        // rest to the next collection.
-        if let Ok(Some(_gc)) = store.try_lock_exclusive() {
-            let _ = store.collect_garbage();
-        }
-    }
-    res
+    store.write_or_collect(|| import_locked(store, source, &image_ref, &blobs, config.as_ref(), opts, pb))
 }
 
 fn import_locked(

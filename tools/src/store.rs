@@ -133,6 +133,23 @@ impl Store {
         }
     }
 
+    /// Runs `work`, which publishes into the store, under the shared lock. If it fails, what it
+    /// already published is referenced by no image (objects, the layers of a multi-layer image,
+    /// source records): it is collected at once unless another writer holds the store (then the
+    /// next `rmi`/`gc` does), so that a full disk does not stay full. `work`'s own error is what
+    /// the caller gets; a failed collection leaves the rest to the next one.
+    pub fn write_or_collect<T, E: From<StoreError>>(&self, work: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let lock = self.lock_shared()?;
+        let res = work();
+        drop(lock);
+        if res.is_err()
+            && let Ok(Some(_gc)) = self.try_lock_exclusive()
+        {
+            let _ = self.collect_garbage();
+        }
+        res
+    }
+
     /// Path of layer `digest`.
     pub fn layer_path(&self, digest: &Digest32) -> PathBuf {
         layerfs::store::layer_path(&self.root, &hex::encode(digest))

@@ -539,3 +539,66 @@ fn commit_cli_and_config_changes() {
     assert!(!bad.status.success());
     assert!(store.image("app:2").is_err());
 }
+
+/// A commit into a store on a full file system fails naming the cause and leaves the store as it
+/// was (what it had published is collected), which still verifies and takes the next commit.
+#[test]
+fn commit_into_a_full_store_fails_cleanly() {
+    let dir = tempdir("full-store");
+    let fsdir = dir.path().join("fs");
+    fs::create_dir(&fsdir).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&fsdir).status().unwrap();
+    assert!(st.success(), "mounting a 16 MiB tmpfs failed: this test needs root (CI runs as root)");
+    struct Umount(std::path::PathBuf);
+    impl Drop for Umount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _umount = Umount(fsdir.clone());
+    let store = Store::open(fsdir.join("store")).unwrap();
+    let tar = dir.path().join("base.tar");
+    fs::write(&tar, base_tar()).unwrap();
+    let no_sync = tools::import::ImportOptions { sync: false, ..Default::default() };
+    tools::import::import(&store, &tar, "base:1", &no_sync, &ProgressBar::hidden()).unwrap();
+    let walk = |d: &str| -> Vec<String> {
+        let mut v = Vec::new();
+        let mut todo = vec![store.root().join(d)];
+        while let Some(p) = todo.pop() {
+            for e in fs::read_dir(&p).into_iter().flatten().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    v.push(e.path().display().to_string());
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let state = || ["images", "layers", "objects", "sources", "tmp"].map(walk);
+    let before = state();
+
+    // An upper with more new data than the store has room for: two files of 60% of the free
+    // space each, so that the first object is published before the second fails.
+    let df = Command::new("df").args(["-B1", "--output=avail"]).arg(&fsdir).output().unwrap();
+    let free: usize = String::from_utf8_lossy(&df.stdout).lines().nth(1).unwrap().trim().parse().unwrap();
+    let upper = dir.path().join("upper");
+    fs::create_dir(&upper).unwrap();
+    fs::write(upper.join("a"), noise(7, free * 6 / 10)).unwrap();
+    fs::write(upper.join("b"), noise(8, free * 6 / 10)).unwrap();
+    let img = store.image("base:1").unwrap();
+    let req = ImageCommit { base: Some(&img), name: "big:1", changes: &[], message: None };
+    let opts = CommitOptions { sync: false, ..CommitOptions::default() };
+    let err =
+        commit_image(&store, &upper, &req, &opts, &ProgressBar::hidden()).expect_err("120% of the free space fitted");
+    assert!(format!("{err}").contains("No space left on device"), "{err}");
+    assert_eq!(state(), before, "the failed commit left something in the store");
+    assert!(store.image("big:1").is_err());
+    verify_image(&store, "base:1");
+
+    // With room for it, the next commit goes through.
+    fs::remove_file(upper.join("b")).unwrap();
+    commit(&store, &upper, "base:1", "fits:1");
+    verify_image(&store, "fits:1");
+}
