@@ -939,23 +939,13 @@ fn passthrough_engages_and_fallback_matches() {
     write(e.l(0).join("lower"), &data);
     let m = e.mount();
     write(e.m("upper"), &data);
-    let pid = nix::unistd::Pid::from_raw(daemon_pids(&e.mnt)[0] as i32);
     let lower = fs::File::open(e.m("lower")).unwrap();
     let upper = fs::OpenOptions::new().read(true).write(true).open(e.m("upper")).unwrap();
     // Writes are not checked while stopped: the kernel asks the daemon whether a write must
     // drop privileges (getxattr security.capability) before a passthrough write.
     std::os::unix::fs::FileExt::write_all_at(&upper, b"via-passthrough", 10).unwrap();
-    struct Cont(nix::unistd::Pid);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let cont = Cont(pid);
-    let (tx, rx) = std::sync::mpsc::channel();
     // Only read/write calls: anything else (fstat) would need the daemon.
-    let reader = std::thread::spawn(move || {
+    let got = with_daemon_stopped(&e.mnt, std::time::Duration::from_secs(10), move || {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 400_000];
         let mut n = 0;
@@ -969,11 +959,8 @@ fn passthrough_engages_and_fallback_matches() {
         let r2 = true;
         let mut b2 = vec![0u8; 15];
         let r3 = upper.read_exact_at(&mut b2, 10).map(|_| b2);
-        let _ = tx.send((r1, r2, r3.ok()));
+        (r1, r2, r3.ok())
     });
-    let got = rx.recv_timeout(std::time::Duration::from_secs(10));
-    drop(cont);
-    reader.join().unwrap();
     let (r1, r2, r3) = got.expect("I/O blocked while the daemon was stopped: passthrough not engaged");
     assert_eq!(r1.as_deref(), Some(&data[..]));
     assert!(r2);
@@ -1169,27 +1156,10 @@ fn copy_up_across_filesystems() {
     m.umount();
 }
 
-/// Lists `dir` on another thread while the daemon of `mnt` is stopped (SIGSTOP): the listing,
-/// if it came back within `wait` (so from the kernel's cache), else `None` (it needed the
-/// daemon; it is then let finish).
+/// Lists `dir` while the daemon of `mnt` is stopped: the listing if it came from the kernel's
+/// cache within `wait`, else `None`.
 fn list_with_daemon_stopped(mnt: &Path, dir: PathBuf, wait: std::time::Duration) -> Option<Vec<String>> {
-    let pid = nix::unistd::Pid::from_raw(daemon_pids(mnt)[0] as i32);
-    struct Cont(nix::unistd::Pid);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    let cont = Cont(pid);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let lister = std::thread::spawn(move || {
-        let _ = tx.send(ls(&dir));
-    });
-    let got = rx.recv_timeout(wait).ok();
-    drop(cont);
-    lister.join().unwrap();
-    got
+    with_daemon_stopped(mnt, wait, move || ls(&dir))
 }
 
 /// By default the kernel caches directory listings (served with the daemon stopped); with

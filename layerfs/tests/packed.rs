@@ -229,18 +229,8 @@ fn passthrough_serves_objects_and_copy_up_leaves_them_intact() {
 
     // An object-backed lower file is read by the kernel from its object, the daemon stopped.
     let lib = File::open(mnt.join("usr/lib/libbig.so")).unwrap();
-    let pid = nix::unistd::Pid::from_raw(daemon_pids(&mnt)[0] as i32);
     let _ = fs::write("/proc/sys/vm/drop_caches", b"1");
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
-    struct Cont(nix::unistd::Pid);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
-        }
-    }
-    let cont = Cont(pid);
-    let (tx, rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
+    let got = with_daemon_stopped(&mnt, Duration::from_secs(10), move || {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 3_000_000];
         let mut n = 0;
@@ -250,11 +240,8 @@ fn passthrough_serves_objects_and_copy_up_leaves_them_intact() {
                 Ok(k) => n += k,
             }
         }
-        let _ = tx.send(buf[..n].to_vec());
+        buf[..n].to_vec()
     });
-    let got = rx.recv_timeout(Duration::from_secs(10));
-    drop(cont);
-    reader.join().unwrap();
     assert_eq!(got.expect("read blocked with the daemon stopped: passthrough not engaged"), s.big);
 
     // Copy-up of an object-backed file: the object is untouched, the upper gets the new data.

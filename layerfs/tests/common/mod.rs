@@ -237,3 +237,30 @@ pub fn whiteouts_in(p: &Path) -> Vec<String> {
     v.sort();
     v
 }
+
+/// Runs `f` on another thread while the daemon serving `mnt` is stopped (SIGSTOP): its result if
+/// it came back within `wait` (served without the daemon: passthrough, the kernel's caches), else
+/// `None` (it needed the daemon; the daemon is continued and `f` let finish either way).
+pub fn with_daemon_stopped<T: Send + 'static>(
+    mnt: &Path,
+    wait: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    let pid = nix::unistd::Pid::from_raw(daemon_pids(mnt)[0] as i32);
+    struct Cont(nix::unistd::Pid);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let cont = Cont(pid);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    let got = rx.recv_timeout(wait).ok();
+    drop(cont);
+    worker.join().unwrap();
+    got
+}
