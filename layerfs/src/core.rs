@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dir_lower::{attr_from_stat, is_whiteout_stat};
 use crate::error::{Errno, Result, SetupError};
-use crate::ino::{Fh, Generation, Ino, LayerId, UpperIno, lower_ino, upper_ino};
-use crate::inode::{Inode, InodeTable, LowerRef, Lowers, Name, Pos, State, lock};
+use crate::ino::{Fh, Generation, Ino, LayerId, UpperIno, lower_ino, lower_parts, upper_ino};
+use crate::inode::{Inode, InodeTable, LowerRef, Lowers, Name, Node, Pos, State, lock};
 use crate::lower::{FileKind, Lower, LowerAttr, LowerDirEntry, LowerIno, LowerLookup, Timespec};
 use crate::sys::{self, SetTime};
 use crate::upper::{Upper, is_internal_xattr, remove_tree_contents};
@@ -242,7 +242,8 @@ enum FileSrc {
 
 /// An open file (directories have no handle: see [`Union::readdir`]).
 struct Handle {
-    inode: Arc<Inode>,
+    /// The inode (`None` for a lower node opened for reading: it stays one).
+    inode: Option<Arc<Inode>>,
     src: FileSrc,
     writable: bool,
 }
@@ -454,11 +455,55 @@ impl Union {
         lower_ino(self.layer_id(r.layer), r.ino.0)
     }
 
-    fn inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+    /// What `ino` stands for (see [`Node`]): read-only operations serve lower nodes as they
+    /// are.
+    fn node(&self, ino: Ino) -> Result<Node> {
         if ino == Ino::ROOT {
-            return Ok(self.root.clone());
+            return Ok(Node::Full(self.root.clone()));
         }
-        self.table.get(ino).ok_or(Errno::ESTALE)
+        self.table.node(ino).ok_or(Errno::ESTALE)
+    }
+
+    /// The full inode of `ino`; a lower node becomes one (its name found again in its
+    /// parent's lower directory).
+    fn inode(&self, ino: Ino) -> Result<Arc<Inode>> {
+        match self.node(ino)? {
+            Node::Full(inode) => Ok(inode),
+            Node::Lower { parent, kind } => {
+                let lr = self.lower_node_ref(ino)?;
+                let dir = parent.state().lowers.iter().find(|r| r.layer == lr.layer).copied().ok_or(Errno::ESTALE)?;
+                let name = self.layers[lr.layer].name_of(dir.ino, lr.ino)?.ok_or(Errno::ESTALE)?;
+                let state =
+                    State { origin: Some((self.layer_id(lr.layer), lr.ino)), lowers: [lr].into(), ..State::default() };
+                let pos = Pos { parent: Some(parent), name: Name::from_vec(name), detached: None };
+                self.table.make_full(ino, || Inode::new(ino, Generation::LOWER, kind, pos, state)).ok_or(Errno::ESTALE)
+            }
+        }
+    }
+
+    /// The full inode held for the object `found` at `name` in `parent`, if the kernel holds
+    /// one (a lower node becomes one, named from the lookup at hand); dead inodes and inodes of
+    /// another type do not count.
+    fn held_inode(&self, parent: &Arc<Inode>, name: &[u8], found: &Found) -> Option<Arc<Inode>> {
+        let inode = match self.table.node(found.ino)? {
+            Node::Full(inode) => inode,
+            Node::Lower { kind, .. } => {
+                if kind != found.kind || found.state.upper {
+                    return None;
+                }
+                let pos = Pos { parent: Some(parent.clone()), name: Name::from_slice(name), detached: None };
+                let state = found.state.clone();
+                self.table.make_full(found.ino, || Inode::new(found.ino, Generation::LOWER, kind, pos, state))?
+            }
+        };
+        (inode.kind == found.kind && !inode.is_dead()).then_some(inode)
+    }
+
+    /// The layer position and inode of a lower node.
+    fn lower_node_ref(&self, ino: Ino) -> Result<LowerRef> {
+        let (layer, n) = lower_parts(ino).ok_or(Errno::ESTALE)?;
+        let pos = (self.layers.len() - 1).checked_sub(layer.0 as usize).ok_or(Errno::ESTALE)?;
+        Ok(LowerRef { layer: pos, ino: LowerIno(n) })
     }
 
     // ----- upper addressing -------------------------------------------------------------
@@ -710,6 +755,9 @@ impl Union {
         let p = self.inode(parent)?;
         let ps = p.state().clone();
         let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
+        if let Some(attr) = self.lookup_lower_node(&p, &found)? {
+            return Ok(attr);
+        }
         let upper_found = found.state.upper;
         let inode = self.instantiate(&p, name, found, 1);
         // A lower alias of a hard link whose copy exists: in this mount the inode already
@@ -723,6 +771,27 @@ impl Union {
             return self.attr_of(&inode);
         }
         Ok(attr)
+    }
+
+    /// Holds `found` as a lower node (see [`Node`]) when it is one: a file (not a directory)
+    /// only in one lower layer, with one link, whose node id names its layer and inode.
+    fn lookup_lower_node(&self, parent: &Arc<Inode>, found: &Found) -> Result<Option<Attr>> {
+        let s = &found.state;
+        if s.upper || found.kind.is_dir() || s.lowers.len() != 1 || s.metacopy {
+            return Ok(None);
+        }
+        let lr = s.lowers[0];
+        if self.lower_node_ref(found.ino).ok() != Some(lr) {
+            return Ok(None);
+        }
+        let a = self.layers[lr.layer].getattr(lr.ino)?;
+        if a.nlink != 1 {
+            return Ok(None);
+        }
+        if self.table.insert_lower(found.ino, found.kind, parent, 1).is_none() {
+            return Ok(None);
+        }
+        Ok(Some(self.attr_from_lower(found.ino, Generation::LOWER, found.kind, &a, false)))
     }
 
     /// Points a lower-only inode at its copy in the hard-link index, if there is one.
@@ -793,11 +862,18 @@ impl Union {
 
     // ----- attributes --------------------------------------------------------------------
 
-    fn attr_from_lower(&self, inode: &Inode, a: &LowerAttr, merged_dir: bool) -> Attr {
+    fn attr_from_lower(
+        &self,
+        ino: Ino,
+        generation: Generation,
+        kind: FileKind,
+        a: &LowerAttr,
+        merged_dir: bool,
+    ) -> Attr {
         Attr {
-            ino: inode.ino,
-            generation: inode.generation,
-            kind: inode.kind,
+            ino,
+            generation,
+            kind,
             perm: (a.mode & 0o7777) as u16,
             nlink: if merged_dir { 1 } else { a.nlink },
             uid: a.uid,
@@ -812,7 +888,7 @@ impl Union {
     }
 
     fn attr_from_stat(&self, inode: &Inode, st: &sys::Stat, s: &State) -> Attr {
-        let mut a = self.attr_from_lower(inode, &attr_from_stat(st), false);
+        let mut a = self.attr_from_lower(inode.ino, inode.generation, inode.kind, &attr_from_stat(st), false);
         if s.metacopy
             && let Some(lr) = s.lowers.first()
             && let Ok(la) = self.layers[lr.layer].getattr(lr.ino)
@@ -843,7 +919,8 @@ impl Union {
         }
         let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
         let a = self.layers[lr.layer].getattr(lr.ino)?;
-        let mut attr = self.attr_from_lower(inode, &a, inode.kind.is_dir() && s.lowers.len() > 1);
+        let merged_dir = inode.kind.is_dir() && s.lowers.len() > 1;
+        let mut attr = self.attr_from_lower(inode.ino, inode.generation, inode.kind, &a, merged_dir);
         if inode.is_dead() && !inode.kind.is_dir() {
             attr.nlink = 0;
         }
@@ -855,14 +932,20 @@ impl Union {
         if let Some(fh) = fh
             && let Ok(f) = self.handle(fh)
             && let FileSrc::Upper(file) = &f.src
-            && f.inode.ino == ino
+            && let Some(inode) = f.inode.as_ref().filter(|i| i.ino == ino)
         {
             let st = sys::fstat(file.as_fd())?;
-            let s = f.inode.state().clone();
-            return Ok(self.attr_from_stat(&f.inode, &st, &s));
+            let s = inode.state().clone();
+            return Ok(self.attr_from_stat(inode, &st, &s));
         }
-        let inode = self.inode(ino)?;
-        self.attr_of(&inode)
+        match self.node(ino)? {
+            Node::Full(inode) => self.attr_of(&inode),
+            Node::Lower { kind, .. } => {
+                let lr = self.lower_node_ref(ino)?;
+                let a = self.layers[lr.layer].getattr(lr.ino)?;
+                Ok(self.attr_from_lower(ino, Generation::LOWER, kind, &a, false))
+            }
+        }
     }
 
     /// Drops kernel lookups.
@@ -1404,7 +1487,7 @@ impl Union {
         if !dir && found.kind.is_dir() {
             return Err(Errno::EISDIR);
         }
-        let child = self.table.get(found.ino).filter(|i| i.kind == found.kind && !i.is_dead());
+        let child = self.held_inode(&p, name, &found);
         if dir {
             let probe = match &child {
                 Some(c) => c.clone(),
@@ -1489,7 +1572,7 @@ impl Union {
     // ----- rename ------------------------------------------------------------------------
 
     fn probe_inode(&self, parent: &Arc<Inode>, name: &[u8], found: Found) -> Arc<Inode> {
-        if let Some(i) = self.table.get(found.ino).filter(|i| i.kind == found.kind && !i.is_dead()) {
+        if let Some(i) = self.held_inode(parent, name, &found) {
             return i;
         }
         Arc::new(Inode::new(
@@ -1769,7 +1852,14 @@ impl Union {
 
     /// `readlink`.
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
-        let inode = self.inode(ino)?;
+        let inode = match self.node(ino)? {
+            Node::Full(inode) => inode,
+            Node::Lower { kind: FileKind::Symlink, .. } => {
+                let lr = self.lower_node_ref(ino)?;
+                return self.layers[lr.layer].readlink(lr.ino);
+            }
+            Node::Lower { .. } => return Err(Errno::EINVAL),
+        };
         if inode.kind != FileKind::Symlink {
             return Err(Errno::EINVAL);
         }
@@ -1790,7 +1880,13 @@ impl Union {
         if is_internal_xattr(name) {
             return Err(Errno::ENODATA);
         }
-        let inode = self.inode(ino)?;
+        let inode = match self.node(ino)? {
+            Node::Full(inode) => inode,
+            Node::Lower { .. } => {
+                let lr = self.lower_node_ref(ino)?;
+                return self.layers[lr.layer].getxattr(lr.ino, name);
+            }
+        };
         let s = inode.state().clone();
         if s.upper {
             let loc = self.upper_loc(&inode)?;
@@ -1802,21 +1898,30 @@ impl Union {
 
     /// `listxattr`: NUL-terminated names.
     pub fn listxattr(&self, ino: Ino) -> Result<Vec<u8>> {
-        let inode = self.inode(ino)?;
-        let s = inode.state().clone();
-        let names: Vec<Vec<u8>> = if s.upper {
-            let loc = self.upper_loc(&inode)?;
-            sys::listxattr(&loc.xattr())?.split(|b| *b == 0).filter(|n| !n.is_empty()).map(<[u8]>::to_vec).collect()
-        } else {
-            let lr = s.lowers.first().ok_or(Errno::ESTALE)?;
-            self.layers[lr.layer].listxattr(lr.ino)?
+        let lr = match self.node(ino)? {
+            Node::Full(inode) => {
+                let s = inode.state().clone();
+                if s.upper {
+                    let loc = self.upper_loc(&inode)?;
+                    let list = sys::listxattr(&loc.xattr())?;
+                    return Ok(Self::visible_xattrs(list.split(|b| *b == 0).filter(|n| !n.is_empty())));
+                }
+                *s.lowers.first().ok_or(Errno::ESTALE)?
+            }
+            Node::Lower { .. } => self.lower_node_ref(ino)?,
         };
+        let names = self.layers[lr.layer].listxattr(lr.ino)?;
+        Ok(Self::visible_xattrs(names.iter().map(Vec::as_slice)))
+    }
+
+    /// NUL-terminated names, our own attributes left out.
+    fn visible_xattrs<'a>(names: impl Iterator<Item = &'a [u8]>) -> Vec<u8> {
         let mut out = Vec::new();
-        for n in names.iter().filter(|n| !is_internal_xattr(n)) {
+        for n in names.filter(|n| !is_internal_xattr(n)) {
             out.extend_from_slice(n);
             out.push(0);
         }
-        Ok(out)
+        out
     }
 
     /// `setxattr` (copies up).
@@ -1880,11 +1985,39 @@ impl Union {
 
     /// `open`. Opening for writing (or with `O_TRUNC`) copies up.
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
-        let inode = self.inode(ino)?;
-        if inode.kind.is_dir() {
+        let node = self.node(ino)?;
+        if node.kind().is_dir() {
             return Err(Errno::EISDIR);
         }
-        self.open_inode(&inode, flags)
+        if let Node::Lower { .. } = node
+            && flags & libc::O_ACCMODE == libc::O_RDONLY
+            && flags & libc::O_TRUNC == 0
+        {
+            // Reading a lower node: it stays one.
+            let lr = self.lower_node_ref(ino)?;
+            return self.open_lower(None, ino, Generation::LOWER, lr, true);
+        }
+        self.open_inode(&self.inode(ino)?, flags)
+    }
+
+    /// A handle reading lower file `lr` (`keep_cache`: no upper copy can change it).
+    fn open_lower(
+        &self,
+        inode: Option<Arc<Inode>>,
+        ino: Ino,
+        generation: Generation,
+        lr: LowerRef,
+        keep_cache: bool,
+    ) -> Result<Opened> {
+        let backed = self.layers[lr.layer].has_backing(lr.ino)?;
+        let backing = backed.then_some(BackingKey {
+            ino,
+            generation,
+            source: BackingSource::Lower { layer: lr.layer, ino: lr.ino },
+        });
+        let src = FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() };
+        let fh = self.new_handle(Handle { inode, src, writable: false });
+        Ok(Opened { fh, keep_cache, backing, inline: !backed })
     }
 
     fn open_inode(&self, inode: &Arc<Inode>, flags: i32) -> Result<Opened> {
@@ -1896,18 +2029,14 @@ impl Union {
         let keep = flags
             & (libc::O_ACCMODE | libc::O_APPEND | libc::O_DIRECT | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME);
         let s = inode.state().clone();
-        let key = |source| BackingKey { ino: inode.ino, generation: inode.generation, source };
-        let (src, backing, keep_cache, inline) = if s.upper && !s.metacopy {
+        if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
-            (FileSrc::Upper(file), Some(key(BackingSource::Upper)), false, false)
-        } else {
-            let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
-            let backed = self.layers[lr.layer].has_backing(lr.ino)?;
-            let backing = backed.then(|| key(BackingSource::Lower { layer: lr.layer, ino: lr.ino }));
-            (FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() }, backing, !s.upper, !backed)
-        };
-        let fh = self.new_handle(Handle { inode: inode.clone(), src, writable });
-        Ok(Opened { fh, keep_cache, backing, inline })
+            let backing = BackingKey { ino: inode.ino, generation: inode.generation, source: BackingSource::Upper };
+            let fh = self.new_handle(Handle { inode: Some(inode.clone()), src: FileSrc::Upper(file), writable });
+            return Ok(Opened { fh, keep_cache: false, backing: Some(backing), inline: false });
+        }
+        let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
+        self.open_lower(Some(inode.clone()), inode.ino, inode.generation, lr, !s.upper)
     }
 
     /// The file holding the data of an open file, if it has one of its own (opened now for a
@@ -2040,7 +2169,7 @@ impl Union {
     /// cannot change behind the kernel). No handle: listings are found by their offsets (see
     /// [`Union::readdir`]), so the kernel may skip OPENDIR/RELEASEDIR altogether.
     pub fn opendir(&self, ino: Ino) -> Result<bool> {
-        let inode = self.inode(ino)?;
+        let Node::Full(inode) = self.node(ino)? else { return Err(Errno::ENOTDIR) };
         if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
@@ -2061,7 +2190,7 @@ impl Union {
     /// Two names with the same 63-bit hash (never seen in practice) still both appear once in a
     /// listing read without changes.
     pub fn readdir(&self, dir: Ino, offset: u64) -> Result<DirPage> {
-        let inode = self.inode(dir)?;
+        let Node::Full(inode) = self.node(dir)? else { return Err(Errno::ENOTDIR) };
         if !inode.kind.is_dir() {
             return Err(Errno::ENOTDIR);
         }
@@ -2281,6 +2410,88 @@ mod tests {
                 .file("big", &[7u8; 10000], 0o444)
                 .hardlink("big", "big2"),
         ]
+    }
+
+    #[test]
+    fn lower_nodes_cost_no_inode_until_changed() {
+        let lowers = || {
+            vec![
+                MemLower::new("top").file("a/new.txt", b"new", 0o644),
+                MemLower::new("bottom")
+                    .file("a/f", b"data", 0o640)
+                    .xattr("a/f", "user.k", b"v")
+                    .symlink("a/l", "f")
+                    .file("a/g", b"g", 0o644)
+                    .file("a/h", b"h", 0o644)
+                    .file("a/k", b"k", 0o644)
+                    .file("big", &[7u8; 100], 0o444)
+                    .hardlink("big", "big2"),
+            ]
+        };
+        let f = fixture(lowers());
+        let u = &f.u;
+        let a = path_ino(u, "a").unwrap();
+        let [fa, la, ga, ha, ka] = ["f", "l", "g", "h", "k"].map(|n| u.lookup(a.ino, n.as_bytes()).unwrap());
+        path_ino(u, "a/new.txt").unwrap();
+        // Files with one link in one layer are lower nodes; a directory and hard links are not.
+        let _big = path_ino(u, "big").unwrap();
+        assert_eq!(u.table().lower_nodes(), 6);
+        // Read-only operations keep them so.
+        assert_eq!(fa.generation, Generation::LOWER);
+        assert_eq!(u.getattr(fa.ino, None).unwrap(), fa);
+        assert_eq!(read_all(u, fa.ino), b"data");
+        assert_eq!(u.getxattr(fa.ino, b"user.k").unwrap(), b"v");
+        assert_eq!(u.listxattr(fa.ino).unwrap(), b"user.k\0");
+        assert_eq!(u.readlink(la.ino).unwrap(), b"f");
+        assert_eq!(u.readlink(fa.ino).unwrap_err(), Errno::EINVAL);
+        assert_eq!(u.opendir(fa.ino).unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(u.open(a.ino, libc::O_RDONLY).unwrap_err(), Errno::EISDIR);
+        assert_eq!(u.lookup(a.ino, b"f").unwrap(), fa);
+        assert_eq!(u.table().lookups(fa.ino), 2);
+        assert_eq!(u.table().lower_nodes(), 6);
+        // A change makes a full inode of the same identity: its name is found again.
+        let ch = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        let after = u.setattr(fa.ino, &ch).unwrap();
+        assert_eq!((after.ino, after.generation, after.perm), (fa.ino, fa.generation, 0o600));
+        assert_eq!(std::fs::metadata(upper_path(&f).join("a/f")).unwrap().len(), 4);
+        assert_eq!(u.table().lower_nodes(), 5);
+        assert_eq!(u.table().lookups(fa.ino), 2);
+        // Writing through a read-only open taken before the copy-up still reads the old data.
+        let o = u.open(ga.ino, libc::O_RDONLY).unwrap();
+        let w = u.open(ga.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+        u.write(w.fh, 0, b"G2").unwrap();
+        u.release(w.fh);
+        assert_eq!(u.read(o.fh, 0, 10).unwrap(), b"g");
+        u.release(o.fh);
+        assert_eq!(read_all(u, ga.ino), b"G2");
+        // Unlinking a held lower node: fstat sees nlink 0, the data stays readable.
+        let o = u.open(ha.ino, libc::O_RDONLY).unwrap();
+        u.remove(a.ino, b"h", false).unwrap();
+        assert_eq!(u.getattr(ha.ino, Some(o.fh)).unwrap().nlink, 0);
+        assert_eq!(u.read(o.fh, 0, 10).unwrap(), b"h");
+        u.release(o.fh);
+        assert_eq!(path_ino(u, "a/h").unwrap_err(), Errno::ENOENT);
+        // Rename and link keep the node id; the link count follows.
+        u.rename(a.ino, b"k", Ino::ROOT, b"k2", 0).unwrap();
+        assert_eq!(path_ino(u, "k2").unwrap().ino, ka.ino);
+        let l = u.link(la.ino, Ino::ROOT, b"l2").unwrap();
+        assert_eq!((l.ino, l.nlink), (la.ino, 2));
+        assert_eq!(u.table().lower_nodes(), 1); // new.txt
+        // Forgetting drops them.
+        let n = u.table().len();
+        let new = path_ino(u, "a/new.txt").unwrap();
+        u.forget(new.ino, 2);
+        assert_eq!(u.table().len(), n - 1);
+        assert_eq!(u.table().lower_nodes(), 0);
+        assert_eq!(u.getattr(new.ino, None).unwrap_err(), Errno::ESTALE);
+        // After a remount the changes are there; untouched files are lower nodes again.
+        let f = remount(f, lowers());
+        let u = &f.u;
+        assert_eq!(path_ino(u, "a/f").unwrap().perm, 0o600);
+        assert_eq!(path_ino(u, "a/f").unwrap().ino, fa.ino);
+        assert_eq!(u.table().lower_nodes(), 0);
+        assert_eq!(path_ino(u, "a/new.txt").unwrap().ino, new.ino);
+        assert_eq!(u.table().lower_nodes(), 1);
     }
 
     #[test]

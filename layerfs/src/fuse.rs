@@ -325,7 +325,7 @@ impl LayerFs {
     }
 
     fn inode_key(&self, ino: INodeNo) -> (Ino, Generation) {
-        let gen_ = self.core.table().get(Ino(ino.0)).map_or(Generation(0), |i| i.generation);
+        let gen_ = self.core.table().generation(Ino(ino.0));
         (Ino(ino.0), gen_)
     }
 }

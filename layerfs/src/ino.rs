@@ -38,6 +38,13 @@ impl Ino {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Generation(pub u64);
 
+impl Generation {
+    /// The generation of an object first seen as a lower node (see [`crate::inode::Node`]);
+    /// it keeps it when it becomes a full inode. Every later object of the node id gets a
+    /// fresh one.
+    pub const LOWER: Generation = Generation(1);
+}
+
 /// Open file / directory handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fh(pub u64);
@@ -78,6 +85,14 @@ pub fn lower_ino(layer: LayerId, ino: u64) -> Ino {
     Ino((u64::from(layer.0) + 1) << INO_BITS | fold(ino))
 }
 
+/// The layer and inode number a lower node id was made from ([`lower_ino`]), unless the
+/// number was folded (then the node id does not name them).
+pub fn lower_parts(ino: Ino) -> Option<(LayerId, u64)> {
+    let tag = ino.0 >> INO_BITS;
+    let n = ino.0 & INO_MASK;
+    (tag != 0 && n & (1 << (INO_BITS - 1)) == 0).then(|| (LayerId((tag - 1) as u32), n))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,5 +104,8 @@ mod tests {
         assert_eq!(upper_ino(UpperIno(1)).0, 1 << 39);
         let big = upper_ino(UpperIno(u64::MAX - 3));
         assert!(big.0 < 1 << INO_BITS);
+        assert_eq!(lower_parts(lower_ino(LayerId(3), 77)), Some((LayerId(3), 77)));
+        assert_eq!(lower_parts(lower_ino(LayerId(0), 1 << 45)), None);
+        assert_eq!(lower_parts(upper_ino(UpperIno(5))), None);
     }
 }

@@ -130,9 +130,105 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a node id stands for: a full [`Inode`], or a *lower node*: a file (not a directory)
+/// that exists only in one lower layer, with one link, untouched since its lookup. A lower node
+/// costs its table slot only (no `Inode`, no name): its layer and inode number are in its node
+/// id (see [`crate::ino::lower_parts`]), its name is found again in its parent's lower
+/// directory when an operation needs the full inode (see `Union::inode`), and its generation is
+/// [`Generation::LOWER`]. Read-mostly containers hold tens of thousands of these.
+#[derive(Clone, Debug)]
+pub enum Node {
+    /// A full inode.
+    Full(Arc<Inode>),
+    /// A lower node: its parent directory (held, like `Pos::parent`) and its type.
+    Lower {
+        /// The directory it was looked up in.
+        parent: Arc<Inode>,
+        /// Its type (never a directory).
+        kind: FileKind,
+    },
+}
+
+impl Node {
+    /// Type of the object.
+    pub fn kind(&self) -> FileKind {
+        match self {
+            Node::Full(i) => i.kind,
+            Node::Lower { kind, .. } => *kind,
+        }
+    }
+
+    /// Generation of the object.
+    pub fn generation(&self) -> Generation {
+        match self {
+            Node::Full(i) => i.generation,
+            Node::Lower { .. } => Generation::LOWER,
+        }
+    }
+}
+
+/// A table slot: 16 bytes. `inode` is the inode itself, or for a lower node its parent;
+/// `meta` holds the kernel's lookup count in its low bits and, for a lower node, its type in
+/// the top byte (0 for a full inode).
 struct Slot {
     inode: Arc<Inode>,
-    lookups: u64,
+    meta: u64,
+}
+
+const COUNT_BITS: u32 = 56;
+const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
+
+fn kind_code(kind: FileKind) -> u64 {
+    1 + match kind {
+        FileKind::Regular => 0,
+        FileKind::Directory => 1,
+        FileKind::Symlink => 2,
+        FileKind::CharDevice => 3,
+        FileKind::BlockDevice => 4,
+        FileKind::Fifo => 5,
+        FileKind::Socket => 6,
+    }
+}
+
+fn code_kind(code: u64) -> FileKind {
+    match code {
+        1 => FileKind::Regular,
+        2 => FileKind::Directory,
+        3 => FileKind::Symlink,
+        4 => FileKind::CharDevice,
+        5 => FileKind::BlockDevice,
+        6 => FileKind::Fifo,
+        _ => FileKind::Socket,
+    }
+}
+
+impl Slot {
+    fn full(inode: Arc<Inode>, lookups: u64) -> Slot {
+        Slot { inode, meta: lookups.min(COUNT_MASK) }
+    }
+
+    fn lower(parent: Arc<Inode>, kind: FileKind, lookups: u64) -> Slot {
+        Slot { inode: parent, meta: kind_code(kind) << COUNT_BITS | lookups.min(COUNT_MASK) }
+    }
+
+    fn lookups(&self) -> u64 {
+        self.meta & COUNT_MASK
+    }
+
+    fn set_lookups(&mut self, n: u64) {
+        self.meta = (self.meta & !COUNT_MASK) | n.min(COUNT_MASK);
+    }
+
+    fn node(&self) -> Node {
+        match self.meta >> COUNT_BITS {
+            0 => Node::Full(self.inode.clone()),
+            code => Node::Lower { parent: self.inode.clone(), kind: code_kind(code) },
+        }
+    }
+
+    fn full_inode(&self) -> Option<&Arc<Inode>> {
+        (self.meta >> COUNT_BITS == 0).then_some(&self.inode)
+    }
 }
 
 const SHARDS: usize = 32;
@@ -160,7 +256,7 @@ impl InodeTable {
     pub fn new() -> InodeTable {
         InodeTable {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            next_generation: AtomicU64::new(1),
+            next_generation: AtomicU64::new(Generation::LOWER.0 + 1),
         }
     }
 
@@ -174,21 +270,33 @@ impl InodeTable {
         Generation(self.next_generation.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// The inode behind `ino`, if the kernel (or the root) holds it.
+    /// What `ino` stands for, if the kernel (or the root) holds it.
+    pub fn node(&self, ino: Ino) -> Option<Node> {
+        self.shard(ino).get(&ino).map(Slot::node)
+    }
+
+    /// The full inode behind `ino`, if the kernel holds it as one (not as a lower node: see
+    /// `Union::inode`, which turns those into full inodes).
     pub fn get(&self, ino: Ino) -> Option<Arc<Inode>> {
-        self.shard(ino).get(&ino).map(|s| s.inode.clone())
+        self.shard(ino).get(&ino).and_then(|s| s.full_inode().cloned())
+    }
+
+    /// Generation of `ino` (a held object's, else [`Generation::LOWER`]).
+    pub fn generation(&self, ino: Ino) -> Generation {
+        self.shard(ino).get(&ino).map_or(Generation::LOWER, |s| s.node().generation())
     }
 
     /// Inserts the root (never forgotten).
     pub fn insert_root(&self, inode: Inode) -> Arc<Inode> {
         let inode = Arc::new(inode);
-        self.shard(inode.ino).insert(inode.ino, Slot { inode: inode.clone(), lookups: 1 << 62 });
+        self.shard(inode.ino).insert(inode.ino, Slot::full(inode.clone(), 1 << 55));
         inode
     }
 
     /// Finds the live inode for `ino` of type `kind` and lets `update` refresh it, or installs
     /// a new object made by `make` (replacing a dead one or one of another type, keeping the
-    /// lookup count). Adds `count` kernel lookups.
+    /// lookup count; a lower node becomes the new object with its generation). Adds `count`
+    /// kernel lookups.
     pub fn get_or_insert(
         &self,
         ino: Ino,
@@ -199,27 +307,70 @@ impl InodeTable {
     ) -> Arc<Inode> {
         let mut shard = self.shard(ino);
         if let Some(slot) = shard.get_mut(&ino) {
-            if !slot.inode.is_dead() && slot.inode.kind == kind {
-                slot.lookups += count;
-                let inode = slot.inode.clone();
-                drop(shard);
-                update(&inode);
-                return inode;
+            let lookups = slot.lookups() + count;
+            match slot.node() {
+                Node::Full(inode) if !inode.is_dead() && inode.kind == kind => {
+                    slot.set_lookups(lookups);
+                    drop(shard);
+                    update(&inode);
+                    return inode;
+                }
+                Node::Lower { kind: k, .. } if k == kind => {
+                    // The same object, now with a state a lower node cannot hold (an upper
+                    // copy, another name): it keeps its generation.
+                    let inode = Arc::new(make(Generation::LOWER));
+                    *slot = Slot::full(inode.clone(), lookups);
+                    return inode;
+                }
+                _ => {}
             }
             let inode = Arc::new(make(self.new_generation()));
-            slot.inode = inode.clone();
-            slot.lookups += count;
+            *slot = Slot::full(inode.clone(), lookups);
             return inode;
         }
         let inode = Arc::new(make(self.new_generation()));
-        shard.insert(ino, Slot { inode: inode.clone(), lookups: count });
+        shard.insert(ino, Slot::full(inode.clone(), count));
         inode
+    }
+
+    /// Holds `ino` as a lower node looked up in `parent`, adding `count` kernel lookups;
+    /// `None` when the node id stands for a full inode (live, or dead and to be replaced by a
+    /// new generation): the caller then goes the full way ([`InodeTable::get_or_insert`]).
+    pub fn insert_lower(&self, ino: Ino, kind: FileKind, parent: &Arc<Inode>, count: u64) -> Option<()> {
+        let mut shard = self.shard(ino);
+        match shard.get_mut(&ino) {
+            None => {
+                shard.insert(ino, Slot::lower(parent.clone(), kind, count));
+                Some(())
+            }
+            Some(slot) => match slot.node() {
+                Node::Lower { kind: k, .. } if k == kind => {
+                    *slot = Slot::lower(parent.clone(), kind, slot.lookups() + count);
+                    Some(())
+                }
+                _ => None,
+            },
+        }
+    }
+
+    /// Turns the lower node `ino` into the full inode `make` builds (with
+    /// [`Generation::LOWER`]), unless another thread did first; returns the full inode, or
+    /// `None` when `ino` is not held.
+    pub fn make_full(&self, ino: Ino, make: impl FnOnce() -> Inode) -> Option<Arc<Inode>> {
+        let mut shard = self.shard(ino);
+        let slot = shard.get_mut(&ino)?;
+        if let Some(inode) = slot.full_inode() {
+            return Some(inode.clone());
+        }
+        let inode = Arc::new(make());
+        *slot = Slot::full(inode.clone(), slot.lookups());
+        Some(inode)
     }
 
     /// Adds kernel lookups to a held inode (readdirplus and hard links reuse inodes).
     pub fn add_lookups(&self, ino: Ino, count: u64) {
         if let Some(slot) = self.shard(ino).get_mut(&ino) {
-            slot.lookups += count;
+            slot.set_lookups(slot.lookups() + count);
         }
     }
 
@@ -227,8 +378,9 @@ impl InodeTable {
     pub fn forget(&self, ino: Ino, n: u64) {
         let mut shard = self.shard(ino);
         if let Some(slot) = shard.get_mut(&ino) {
-            slot.lookups = slot.lookups.saturating_sub(n);
-            if slot.lookups == 0 {
+            let left = slot.lookups().saturating_sub(n);
+            slot.set_lookups(left);
+            if left == 0 {
                 shard.remove(&ino);
             }
         }
@@ -239,6 +391,11 @@ impl InodeTable {
         self.shards.iter().map(|s| lock(s).len()).sum()
     }
 
+    /// Number of inodes held as lower nodes (without an [`Inode`]).
+    pub fn lower_nodes(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).values().filter(|s| s.full_inode().is_none()).count()).sum()
+    }
+
     /// True when only nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -246,7 +403,7 @@ impl InodeTable {
 
     /// Current lookup count of `ino` (tests).
     pub fn lookups(&self, ino: Ino) -> u64 {
-        self.shard(ino).get(&ino).map_or(0, |s| s.lookups)
+        self.shard(ino).get(&ino).map_or(0, Slot::lookups)
     }
 }
 

@@ -178,6 +178,26 @@ pub trait Lower: Send + Sync + Debug {
     /// `..`), in any order, until `f` breaks.
     fn readdir(&self, dir: LowerIno, f: &mut dyn FnMut(&[u8], LowerDirEntry) -> ControlFlow<()>) -> Result<()>;
 
+    /// The name of `ino` in directory `dir`, when it has one there (used for files with one
+    /// link, whose name the core does not keep: see `crate::inode::Node`). The default scans
+    /// `readdir` and checks the name with `lookup`.
+    fn name_of(&self, dir: LowerIno, ino: LowerIno) -> Result<Option<Vec<u8>>> {
+        let mut found = None;
+        self.readdir(dir, &mut |name, e| match e {
+            LowerDirEntry::Entry { ino: i, .. } if i == ino => {
+                found = Some(name.to_vec());
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        })?;
+        match found {
+            Some(name) if matches!(self.lookup(dir, &name)?, LowerLookup::Found { ino: i, .. } if i == ino) => {
+                Ok(Some(name))
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Target of symlink `ino`.
     fn readlink(&self, ino: LowerIno) -> Result<Vec<u8>>;
 
