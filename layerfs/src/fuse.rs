@@ -21,6 +21,7 @@ use fuser::{
 
 use crate::core::{Attr, BackingKey, BackingSource, Ctx, Opened, SetAttr, Union};
 use crate::error::Errno;
+use crate::idmap::IdMaps;
 use crate::ino::{Fh, Generation, Ino};
 use crate::inode::lock;
 use crate::lower::{FileKind, LowerIno, Timespec};
@@ -42,6 +43,8 @@ pub struct FsOptions {
     pub cache_inline: bool,
     /// Let the kernel cache directory listings per mount (`cache_dirs`).
     pub cache_dirs: bool,
+    /// Stored ids shown shifted (`uidmapping`/`gidmapping`).
+    pub idmaps: IdMaps,
 }
 
 impl Default for FsOptions {
@@ -53,6 +56,7 @@ impl Default for FsOptions {
             volatile: false,
             cache_inline: false,
             cache_dirs: true,
+            idmaps: IdMaps::default(),
         }
     }
 }
@@ -136,7 +140,7 @@ fn file_type(k: FileKind) -> FileType {
     }
 }
 
-fn fattr(a: &Attr) -> FileAttr {
+fn fattr(a: &Attr, maps: &IdMaps) -> FileAttr {
     FileAttr {
         ino: INodeNo(a.ino.0),
         size: a.size,
@@ -148,8 +152,8 @@ fn fattr(a: &Attr) -> FileAttr {
         kind: file_type(a.kind),
         perm: a.perm,
         nlink: a.nlink,
-        uid: a.uid,
-        gid: a.gid,
+        uid: maps.uid.shown(a.uid),
+        gid: maps.gid.shown(a.gid),
         rdev: a.rdev,
         blksize: 4096,
         flags: 0,
@@ -174,8 +178,8 @@ fn settime(t: Option<TimeOrNow>) -> Option<SetTime> {
     })
 }
 
-fn ctx(req: &Request) -> Ctx {
-    Ctx { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+fn ctx(req: &Request, maps: &IdMaps) -> Ctx {
+    Ctx { uid: maps.uid.stored(req.uid()), gid: maps.gid.stored(req.gid()), pid: req.pid() }
 }
 
 impl LayerFs {
@@ -193,7 +197,7 @@ impl LayerFs {
     }
 
     fn entry(&self, reply: ReplyEntry, a: &Attr) {
-        reply.entry(&self.opts.ttl, &fattr(a), FGen(a.generation.0));
+        reply.entry(&self.opts.ttl, &fattr(a, &self.opts.idmaps), FGen(a.generation.0));
     }
 
     /// Picks the I/O mode of a new open and, for passthrough, the shared backing id. The
@@ -364,21 +368,24 @@ impl Filesystem for LayerFs {
             Ok(a) => self.entry(reply, &a),
             Err(Errno::ENOENT) => {
                 // Negative entry, cached as long as positive ones: creations go through us.
-                let mut a = fattr(&Attr {
-                    ino: Ino(0),
-                    generation: Generation(0),
-                    kind: FileKind::Regular,
-                    perm: 0,
-                    nlink: 0,
-                    uid: 0,
-                    gid: 0,
-                    size: 0,
-                    blocks: 0,
-                    rdev: 0,
-                    atime: Timespec::default(),
-                    mtime: Timespec::default(),
-                    ctime: Timespec::default(),
-                });
+                let mut a = fattr(
+                    &Attr {
+                        ino: Ino(0),
+                        generation: Generation(0),
+                        kind: FileKind::Regular,
+                        perm: 0,
+                        nlink: 0,
+                        uid: 0,
+                        gid: 0,
+                        size: 0,
+                        blocks: 0,
+                        rdev: 0,
+                        atime: Timespec::default(),
+                        mtime: Timespec::default(),
+                        ctime: Timespec::default(),
+                    },
+                    &IdMaps::default(),
+                );
                 a.ino = INodeNo(0);
                 reply.entry(&self.opts.ttl, &a, FGen(0));
             }
@@ -395,7 +402,7 @@ impl Filesystem for LayerFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
         reply_err!(reply, self.core.getattr(Ino(ino.0), fh.map(|f| Fh(f.0))), |a: Attr| reply
-            .attr(&self.opts.ttl, &fattr(&a)));
+            .attr(&self.opts.ttl, &fattr(&a, &self.opts.idmaps)));
     }
 
     fn setattr(
@@ -416,8 +423,11 @@ impl Filesystem for LayerFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        let maps = &self.opts.idmaps;
+        let (uid, gid) = (uid.map(|u| maps.uid.stored(u)), gid.map(|g| maps.gid.stored(g)));
         let s = SetAttr { mode, uid, gid, size, atime: settime(atime), mtime: settime(mtime), fh: fh.map(|f| Fh(f.0)) };
-        reply_err!(reply, self.core.setattr(Ino(ino.0), &s), |a: Attr| reply.attr(&self.opts.ttl, &fattr(&a)));
+        reply_err!(reply, self.core.setattr(Ino(ino.0), &s), |a: Attr| reply
+            .attr(&self.opts.ttl, &fattr(&a, &self.opts.idmaps)));
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
@@ -434,12 +444,12 @@ impl Filesystem for LayerFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        let r = self.core.mknod(&ctx(req), Ino(parent.0), name.as_bytes(), mode, u64::from(rdev));
+        let r = self.core.mknod(&ctx(req, &self.opts.idmaps), Ino(parent.0), name.as_bytes(), mode, u64::from(rdev));
         reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let r = self.core.mkdir(&ctx(req), Ino(parent.0), name.as_bytes(), mode);
+        let r = self.core.mkdir(&ctx(req, &self.opts.idmaps), Ino(parent.0), name.as_bytes(), mode);
         reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
     }
 
@@ -452,7 +462,12 @@ impl Filesystem for LayerFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let r = self.core.symlink(&ctx(req), Ino(parent.0), link_name.as_bytes(), target.as_os_str().as_bytes());
+        let r = self.core.symlink(
+            &ctx(req, &self.opts.idmaps),
+            Ino(parent.0),
+            link_name.as_bytes(),
+            target.as_os_str().as_bytes(),
+        );
         reply_err!(reply, r, |a: Attr| self.entry(reply, &a));
     }
 
@@ -586,7 +601,7 @@ impl Filesystem for LayerFs {
                 page.offset(i),
                 OsStr::from_bytes(&ent.name),
                 &self.opts.ttl,
-                &fattr(&a),
+                &fattr(&a, &self.opts.idmaps),
                 FGen(a.generation.0),
             );
             if full {
@@ -622,11 +637,17 @@ impl Filesystem for LayerFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_err!(reply, self.core.setxattr(Ino(ino.0), name.as_bytes(), value, flags), |()| reply.ok());
+        let mut value = value.to_vec();
+        self.opts.idmaps.map_xattr(name.as_bytes(), &mut value, false);
+        reply_err!(reply, self.core.setxattr(Ino(ino.0), name.as_bytes(), &value, flags), |()| reply.ok());
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.core.getxattr(Ino(ino.0), name.as_bytes()) {
+        let r = self.core.getxattr(Ino(ino.0), name.as_bytes()).map(|mut v| {
+            self.opts.idmaps.map_xattr(name.as_bytes(), &mut v, true);
+            v
+        });
+        match r {
             Ok(v) if size == 0 => reply.size(v.len() as u32),
             Ok(v) if v.len() <= size as usize => reply.data(&v),
             Ok(_) => reply.error(FErrno::ERANGE),
@@ -662,7 +683,7 @@ impl Filesystem for LayerFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.core.create(&ctx(req), Ino(parent.0), name.as_bytes(), mode, flags) {
+        match self.core.create(&ctx(req, &self.opts.idmaps), Ino(parent.0), name.as_bytes(), mode, flags) {
             Ok((a, opened)) => {
                 let key = (a.ino, a.generation);
                 let ob = |fh: Fh| self.register(fh, |fd| reply.open_backing(fd));
@@ -671,7 +692,7 @@ impl Filesystem for LayerFs {
                     Err(err) => return reply.error(e(err)),
                 };
                 let fh = FileHandle(opened.fh.0);
-                let fa = fattr(&a);
+                let fa = fattr(&a, &self.opts.idmaps);
                 let g = FGen(a.generation.0);
                 match (mode, id) {
                     (IoMode::Passthrough, Some(id)) => {

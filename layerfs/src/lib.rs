@@ -19,6 +19,7 @@ pub mod core;
 pub mod dir_lower;
 pub mod error;
 pub mod fuse;
+pub mod idmap;
 pub mod ino;
 pub mod inode;
 pub mod lease;

@@ -98,6 +98,7 @@ pub fn mount(cfg: &MountConfig, union: Union) -> std::io::Result<Mounted> {
             volatile: cfg.volatile,
             cache_inline: cfg.cache_inline,
             cache_dirs: cfg.cache_dirs,
+            idmaps: cfg.idmaps.clone(),
             ..FsOptions::default()
         },
     );

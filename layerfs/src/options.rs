@@ -94,6 +94,8 @@ pub struct MountConfig {
     pub cache_inline: bool,
     /// `cache_dirs=0|1`: the kernel caches directory listings per mount.
     pub cache_dirs: bool,
+    /// `uidmapping=`/`gidmapping=`: stored ids shown shifted (see [`crate::idmap`]).
+    pub idmaps: crate::idmap::IdMaps,
     /// Options that were ignored (reported as warnings).
     pub ignored: Vec<String>,
     /// The objects directory of packed layers with external data (default: the store's, found
@@ -125,6 +127,7 @@ impl Default for MountConfig {
             volatile: false,
             cache_inline: false,
             cache_dirs: true,
+            idmaps: crate::idmap::IdMaps::default(),
             ignored: Vec::new(),
             objects: None,
             store: None,
@@ -153,7 +156,7 @@ usage: layerfs mount [--upper DIR --work DIR] [-o OPTS] [-f] [-d] LAYER... MOUNT
        layerfs umount MOUNTPOINT
 LAYERs are listed topmost first (like lowerdir=). Without an upper directory the mount is
 read-only. Options: timeout=SECS, passthrough=0|1, cache_inline=0|1, cache_dirs=0|1, threads=N, log=FILE, ready_fd=N, ro, nodev,
-nosuid, noexec, atime; fuse-overlayfs options are accepted (unknown ones are ignored with a warning).
+nosuid, noexec, atime, uidmapping=STORED:SHOWN:LEN[:...], gidmapping=...; fuse-overlayfs options are accepted (unknown ones are ignored with a warning).
 Environment: LAYERFS_NO_PASSTHROUGH, LAYERFS_LOG=FILE.";
 
 fn bad(option: &str, reason: &str) -> SetupError {
@@ -252,6 +255,8 @@ pub fn apply_option(cfg: &mut MountConfig, opt: &str) -> Result<(), SetupError> 
         ("volatile", None) => cfg.volatile = true,
         ("cache_inline", Some(v)) => cfg.cache_inline = parse_bool(opt, v)?,
         ("cache_dirs", Some(v)) => cfg.cache_dirs = parse_bool(opt, v)?,
+        ("uidmapping", Some(v)) => cfg.idmaps.uid = crate::idmap::IdMap::parse(opt, v)?,
+        ("gidmapping", Some(v)) => cfg.idmaps.gid = crate::idmap::IdMap::parse(opt, v)?,
         ("fsync" | "sync", Some(v)) => cfg.volatile = !parse_bool(opt, v)?,
         ("fsname", Some(v)) => cfg.source = v.into(),
         ("debug", None) => cfg.debug = true,

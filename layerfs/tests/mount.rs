@@ -1291,3 +1291,58 @@ fn full_upper_gives_enospc_and_loses_nothing() {
     m.umount();
     drop(guard);
 }
+
+/// fuse-overlayfs' `uidmapping=`/`gidmapping=`: stored ids are shown shifted, ids from the
+/// kernel are stored shifted back, POSIX ACLs included; unmapped ids become 65534.
+#[test]
+fn uid_and_gid_mapping() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    let l = e.l(0);
+    write(l.join("root-owned"), b"r");
+    write(l.join("user-owned"), b"u");
+    std::os::unix::fs::chown(l.join("user-owned"), Some(1), Some(2)).unwrap();
+    write(l.join("stranger"), b"s");
+    std::os::unix::fs::chown(l.join("stranger"), Some(500_000), Some(500_000)).unwrap();
+    write(l.join("acl"), b"a");
+    xattr_set(&l.join("acl"), "system.posix_acl_access", &acl_bytes());
+    let m = e.mount_with(&["-o", "uidmapping=0:1000:1:1:100000:65536,gidmapping=0:2000:1:1:200000:65536"]);
+    let ids = |p: &str| {
+        let md = fs::symlink_metadata(e.m(p)).unwrap();
+        (md.uid(), md.gid())
+    };
+    assert_eq!(ids("root-owned"), (1000, 2000));
+    assert_eq!(ids("user-owned"), (100_000, 200_001));
+    assert_eq!(ids("stranger"), (65534, 65534));
+    assert_eq!(ids(""), (1000, 2000));
+    // ACL: the named user 1234 is stored, shown as 100000 + 1233.
+    let shown = xattr_get(&e.m("acl"), "system.posix_acl_access").unwrap();
+    assert_eq!(u32::from_le_bytes(shown[4 + 8 + 4..4 + 16].try_into().unwrap()), 100_000 + 1233);
+    // chown through the mount stores the ids shifted back, the ACL goes back as it came.
+    std::os::unix::fs::chown(e.m("root-owned"), Some(100_004), Some(200_005)).unwrap();
+    let md = fs::metadata(e.upper.join("root-owned")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (5, 6));
+    assert_eq!(ids("root-owned"), (100_004, 200_005));
+    xattr_set(&e.m("acl"), "system.posix_acl_access", &shown);
+    assert_eq!(xattr_get(&e.upper.join("acl"), "system.posix_acl_access").unwrap(), acl_bytes());
+    // A file created by a caller the mapping knows is stored as its stored id; one created by
+    // a caller it does not know (host root here) gets the overflow id, as in fuse-overlayfs.
+    sh(&format!("setpriv --reuid=1000 --regid=2000 --clear-groups touch {}", e.m("tmp-by-mapped").display()));
+    let md = fs::metadata(e.upper.join("tmp-by-mapped")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (0, 0));
+    assert_eq!(ids("tmp-by-mapped"), (1000, 2000));
+    write(e.m("by-host-root"), b"x");
+    let md = fs::metadata(e.upper.join("by-host-root")).unwrap();
+    assert_eq!((md.uid(), md.gid()), (65534, 65534));
+    m.umount();
+    // A bad mapping is refused with the option's name.
+    let out = std::process::Command::new(BIN)
+        .args(["-o", &format!("lowerdir={},uidmapping=0:1000", e.lowerdir())])
+        .arg(&e.mnt)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("uidmapping"), "{}", String::from_utf8_lossy(&out.stderr));
+}
