@@ -680,14 +680,9 @@ impl Union {
             // A redirect counts wherever the directory sits: a merged directory moved into a
             // directory with no lower parts (`mkdir new; mv lowerdir new/`) keeps its lower
             // contents through it.
-            let redirect = u.get(&at, &u.names.redirect);
+            let redirect = Self::redirect_path(u, &at, ps.lower_path.as_deref());
             if (redirect.is_some() || !ps.lowers.is_empty()) && !u.is_opaque(&at) {
-                if let Some(redirect) = redirect {
-                    let path = if let Some(abs) = redirect.strip_prefix(b"/") {
-                        abs.to_vec()
-                    } else {
-                        join(ps.lower_path.as_deref().unwrap_or(b""), &redirect)
-                    };
+                if let Some(path) = redirect {
                     state.lowers = self.lower_dirs_at(&path)?;
                     state.lower_path = Some(path);
                 } else {
@@ -724,6 +719,16 @@ impl Union {
             None => upper_ino(UpperIno(st.st_ino)),
         };
         Ok(Found { kind, ino, state })
+    }
+
+    /// Where the redirect of upper directory `at` points, from the lower roots (a relative
+    /// redirect is taken from `base`, the lower path of its parent).
+    fn redirect_path(u: &Upper, at: &sys::XattrPath, base: Option<&[u8]>) -> Option<Vec<u8>> {
+        let redirect = u.get(at, &u.names.redirect)?;
+        Some(match redirect.strip_prefix(b"/") {
+            Some(abs) => abs.to_vec(),
+            None => join(base.unwrap_or(b""), &redirect),
+        })
     }
 
     fn instantiate(&self, parent: &Arc<Inode>, name: &[u8], found: Found, count: u64) -> Arc<Inode> {
@@ -2314,13 +2319,19 @@ impl Union {
                 let cname = sys::cstr(&name)?;
                 let at = sys::XattrPath::child(fd.as_fd(), &cname);
                 let origin = if s.impure || kind.is_dir() { self.read_origin(&at) } else { None };
-                let ino = match origin {
-                    Some((l, i)) => lower_ino(l, i.0),
-                    None => match lower_dir_of_upper.get(&name) {
-                        Some(li) if kind.is_dir() && !u.is_opaque(&at) => *li,
-                        _ => upper_ino(UpperIno(d_ino)),
-                    },
+                // The same choice as `resolve_upper`: origin, else for a merged directory its
+                // topmost lower part (through its redirect when it has one).
+                let merged = match origin {
+                    Some((l, i)) => Some(lower_ino(l, i.0)),
+                    None if kind.is_dir() && !u.is_opaque(&at) => {
+                        match Self::redirect_path(u, &at, s.lower_path.as_deref()) {
+                            Some(path) => self.lower_dirs_at(&path)?.first().map(|r| self.lower_ref_ino(*r)),
+                            None => lower_dir_of_upper.get(&name).copied(),
+                        }
+                    }
+                    None => None,
                 };
+                let ino = merged.unwrap_or(upper_ino(UpperIno(d_ino)));
                 out.push(DirEntry { name, ino, kind });
                 if out.len() >= limit {
                     return Ok(out);
@@ -2601,6 +2612,29 @@ mod tests {
         assert_eq!(names(u, z.ino), ["bottom.txt", "top.txt"]);
         assert!(names(u, path_ino(u, "a").unwrap().ino).is_empty());
         assert_eq!(read_all(u, path_ino(u, "z/top.txt").unwrap().ino), b"top");
+    }
+
+    /// An upper directory with a redirect and no origin (as other writers of the overlay
+    /// format leave them): readdir's d_ino is the st_ino lookup gives.
+    #[test]
+    fn redirect_without_origin_keeps_d_ino_equal_to_st_ino() {
+        let f = fixture(base());
+        let u = &f.u;
+        let new = u.mkdir(&CTX, Ino::ROOT, b"new", 0o755).unwrap();
+        u.rename(Ino::ROOT, b"a", new.ino, b"moved", 0).unwrap();
+        let up = u.upper.as_ref().unwrap();
+        let moved = std::fs::File::open(upper_path(&f).join("new/moved")).unwrap();
+        let at = sys::XattrPath::fd(moved.as_fd());
+        assert!(up.get(&at, &up.names.redirect).is_some());
+        up.remove(&at, &up.names.origin).unwrap();
+        drop(moved);
+        let f = remount(f, base());
+        let u = &f.u;
+        let new = path_ino(u, "new").unwrap();
+        let looked_up = u.lookup(new.ino, b"moved").unwrap();
+        let listed = u.readdir(new.ino, 0).unwrap().entries.iter().find(|e| e.name == b"moved").unwrap().ino;
+        assert_eq!(listed, looked_up.ino);
+        assert_eq!(names(u, looked_up.ino), ["bottom.txt", "top.txt"]);
     }
 
     #[test]
