@@ -90,6 +90,7 @@ wl "1 GiB sequential read (warm)"  0 0 "dd if=data/1g.bin of=/dev/null bs=1M sta
 wl "4k random read (fio, 10 s, warm)" 0 0 "fio --name=r --filename=data/1g.bin --rw=randread --bs=4k --size=1g --runtime=10 --time_based --readonly --invalidate=0 --output-format=terse | awk -F';' '{print \$8}' > $work/fio-iops"
 wl "copy-up 100 MB (append)"       0 1 "echo x >> data/100m.bin"
 wl "copy-up 100 MB (chmod only)"   0 1 "chmod 600 data/100m.bin"
+wl "20,000 4k writes (new file)"   0 1 "dd if=/dev/zero of=written.bin bs=4k count=20000 status=none"
 wl "untar 10k files"               0 1 "tar -xf $work/small.tar"
 wl "rm -rf usr/share (lower tree)" 0 1 "rm -rf usr/share"
 wl "python3 imports x20"           0 0 "for i in \$(seq 20); do chroot . /usr/bin/python3 -c 'import json, email, http.client, sqlite3'; done"

@@ -173,6 +173,8 @@ pub struct SetAttr {
     pub mtime: Option<SetTime>,
     /// Open handle the change came through (ftruncate, fchmod).
     pub fh: Option<Fh>,
+    /// A size change by a caller that may not keep set-id bits: they are cleared.
+    pub kill_setid: bool,
 }
 
 /// Filesystem statistics.
@@ -226,6 +228,20 @@ pub struct Opened {
     /// The data lives inline in a packed layer's mapping, one page cache shared by every mount
     /// of the layer: a per-mount kernel cache of it would only duplicate those pages.
     pub inline: bool,
+    /// Open for writing a file with set-id bits: its writes must reach the daemon (no
+    /// passthrough), which clears the bits when the writer may not keep them (see
+    /// [`Union::write`]).
+    pub setid: bool,
+}
+
+/// Mode bits a write or truncation by a caller without CAP_FSETID clears: set-user-id, and
+/// set-group-id when group execution is on (without it the bit means mandatory locking).
+fn killed_setid_bits(mode: u32) -> u32 {
+    let mut kill = mode & libc::S_ISUID;
+    if mode & (libc::S_ISGID | libc::S_IXGRP) == libc::S_ISGID | libc::S_IXGRP {
+        kill |= libc::S_ISGID;
+    }
+    kill
 }
 
 enum FileSrc {
@@ -1837,6 +1853,9 @@ impl Union {
                 Some(r) => r?,
                 None => loc.open(libc::O_WRONLY)?.set_len(size)?,
             }
+            if s.kill_setid && s.mode.is_none() {
+                Self::kill_setid(loc.opath()?.as_fd())?;
+            }
         }
         if s.uid.is_some() || s.gid.is_some() {
             let (d, n) = loc.dir_name();
@@ -2022,7 +2041,7 @@ impl Union {
         });
         let src = FileSrc::Lower { layer: lr.layer, ino: lr.ino, backed, file: OnceLock::new() };
         let fh = self.new_handle(Handle { inode, src, writable: false });
-        Ok(Opened { fh, keep_cache, backing, inline: !backed })
+        Ok(Opened { fh, keep_cache, backing, inline: !backed, setid: false })
     }
 
     fn open_inode(&self, inode: &Arc<Inode>, flags: i32) -> Result<Opened> {
@@ -2036,9 +2055,10 @@ impl Union {
         let s = inode.state().clone();
         if s.upper && !s.metacopy {
             let file = self.upper_loc(inode)?.open(keep)?;
+            let setid = writable && killed_setid_bits(sys::fstat(file.as_fd())?.st_mode) != 0;
             let backing = BackingKey { ino: inode.ino, generation: inode.generation, source: BackingSource::Upper };
             let fh = self.new_handle(Handle { inode: Some(inode.clone()), src: FileSrc::Upper(file), writable });
-            return Ok(Opened { fh, keep_cache: false, backing: Some(backing), inline: false });
+            return Ok(Opened { fh, keep_cache: false, backing: Some(backing), inline: false, setid });
         }
         let lr = *s.lowers.first().ok_or(Errno::ESTALE)?;
         self.open_lower(Some(inode.clone()), inode.ino, inode.generation, lr, !s.upper)
@@ -2089,12 +2109,28 @@ impl Union {
     }
 
     /// `write` (the file was copied up at open).
-    pub fn write(&self, fh: Fh, offset: u64, data: &[u8]) -> Result<u32> {
+    /// `write`. `kill_setid`: the writer may not keep set-id bits (no CAP_FSETID: the kernel
+    /// says so with `FUSE_WRITE_KILL_SUIDGID` once the daemon handles it, see `fuse.rs`), so
+    /// they are cleared first, as a local filesystem does.
+    pub fn write(&self, fh: Fh, offset: u64, data: &[u8], kill_setid: bool) -> Result<u32> {
         self.with_upper_file(fh, |file| {
+            if kill_setid {
+                Self::kill_setid(file.as_fd())?;
+            }
             // With O_APPEND the host appends whatever the offset (pwrite on Linux).
             file.write_all_at(data, offset)?;
             Ok(data.len() as u32)
         })
+    }
+
+    /// Clears the set-id bits a write by an unprivileged caller clears.
+    fn kill_setid(fd: BorrowedFd<'_>) -> Result<()> {
+        let mode = sys::fstat(fd)?.st_mode;
+        let kill = killed_setid_bits(mode);
+        if kill != 0 {
+            sys::fchmod_any(fd, mode & 0o7777 & !kill)?;
+        }
+        Ok(())
     }
 
     /// `fsync`.
@@ -2470,7 +2506,7 @@ mod tests {
         // Writing through a read-only open taken before the copy-up still reads the old data.
         let o = u.open(ga.ino, libc::O_RDONLY).unwrap();
         let w = u.open(ga.ino, libc::O_WRONLY | libc::O_TRUNC).unwrap();
-        u.write(w.fh, 0, b"G2").unwrap();
+        u.write(w.fh, 0, b"G2", false).unwrap();
         u.release(w.fh);
         assert_eq!(u.read(o.fh, 0, 10).unwrap(), b"g");
         u.release(o.fh);
@@ -2576,7 +2612,7 @@ mod tests {
         let u = &f.u;
         let b1 = path_ino(u, "big").unwrap();
         let o = u.open(b1.ino, libc::O_WRONLY).unwrap();
-        u.write(o.fh, 0, b"new").unwrap();
+        u.write(o.fh, 0, b"new", false).unwrap();
         u.release(o.fh);
         let b2 = path_ino(u, "big2").unwrap();
         assert_eq!(b1.ino, b2.ino);
@@ -2697,7 +2733,7 @@ mod tests {
         let u = &f.u;
         let x = path_ino(u, "h/x").unwrap();
         let o = u.open(x.ino, libc::O_WRONLY).unwrap();
-        u.write(o.fh, 0, b"DATA").unwrap();
+        u.write(o.fh, 0, b"DATA", false).unwrap();
         u.release(o.fh);
         let times = |a: Attr| (a.mtime, a.ctime);
         for round in 0..2 {
@@ -2785,7 +2821,7 @@ mod tests {
         assert_eq!((b2.ino, b2.perm), (b.ino, 0o640));
         assert_eq!(read_all(u, b2.ino), b"bottom");
         let o = u.open(b2.ino, libc::O_WRONLY).unwrap();
-        u.write(o.fh, 0, b"B").unwrap();
+        u.write(o.fh, 0, b"B", false).unwrap();
         u.release(o.fh);
         assert_eq!(read_all(u, b2.ino), b"Bottom");
         assert_eq!(std::fs::read(upper_path(&f).join("a/bottom.txt")).unwrap(), b"Bottom");

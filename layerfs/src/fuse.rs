@@ -215,7 +215,7 @@ impl LayerFs {
         opened: &Opened,
         open_backing: &dyn Fn(Fh) -> Result<io::Result<BackingId>, Errno>,
     ) -> Result<(IoMode, Option<Arc<BackingId>>), Errno> {
-        if opened.inline && !self.opts.cache_inline {
+        if (opened.inline && !self.opts.cache_inline) || opened.setid {
             return Ok((IoMode::Direct, None));
         }
         let mut io = lock(&self.io);
@@ -341,7 +341,12 @@ impl Filesystem for LayerFs {
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_POSIX_ACL
-            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP;
+            | InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP
+            // We clear set-id bits on writes and truncations ourselves (see `write`,
+            // `setattr`, `Opened::setid`): the kernel then stops asking for
+            // `security.capability` before every write(2), which took a round trip even on
+            // passthrough files.
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2;
         let _ = config.add_capabilities(want & config.capabilities());
         if self.opts.cache_dirs && config.capabilities().contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT) {
             self.no_opendir.store(true, Ordering::Relaxed);
@@ -407,7 +412,7 @@ impl Filesystem for LayerFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -425,7 +430,20 @@ impl Filesystem for LayerFs {
     ) {
         let maps = &self.opts.idmaps;
         let (uid, gid) = (uid.map(|u| maps.uid.stored(u)), gid.map(|g| maps.gid.stored(g)));
-        let s = SetAttr { mode, uid, gid, size, atime: settime(atime), mtime: settime(mtime), fh: fh.map(|f| Fh(f.0)) };
+        // With FUSE_HANDLE_KILLPRIV_V2 a truncation must clear set-id bits unless the caller
+        // has CAP_FSETID; fuser does not pass the kernel's FATTR_KILL_SUIDGID, so a caller
+        // other than root stands for "without CAP_FSETID".
+        let kill_setid = size.is_some() && req.uid() != 0;
+        let s = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: settime(atime),
+            mtime: settime(mtime),
+            fh: fh.map(|f| Fh(f.0)),
+            kill_setid,
+        };
         reply_err!(reply, self.core.setattr(Ino(ino.0), &s), |a: Attr| reply
             .attr(&self.opts.ttl, &fattr(&a, &self.opts.idmaps)));
     }
@@ -518,12 +536,13 @@ impl Filesystem for LayerFs {
         fh: FileHandle,
         offset: u64,
         data: &[u8],
-        _write_flags: WriteFlags,
+        write_flags: WriteFlags,
         _flags: OpenFlags,
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        reply_err!(reply, self.core.write(Fh(fh.0), offset, data), |n| reply.written(n));
+        let kill = write_flags.contains(WriteFlags::FUSE_WRITE_KILL_SUIDGID);
+        reply_err!(reply, self.core.write(Fh(fh.0), offset, data, kill), |n| reply.written(n));
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {

@@ -927,8 +927,10 @@ fn churn() {
     m.umount();
 }
 
-/// FUSE passthrough engages: a read through an open file is served while the daemon is
-/// stopped (SIGSTOP). Contents are the same with passthrough turned off.
+/// FUSE passthrough engages: reads and writes through open files are served while the daemon
+/// is stopped (SIGSTOP); writes included, since the daemon handles set-id clearing
+/// (FUSE_HANDLE_KILLPRIV_V2) and the kernel stops asking it for `security.capability` before
+/// each write. Contents are the same with passthrough turned off.
 #[test]
 fn passthrough_engages_and_fallback_matches() {
     if !can_mount() {
@@ -941,8 +943,6 @@ fn passthrough_engages_and_fallback_matches() {
     write(e.m("upper"), &data);
     let lower = fs::File::open(e.m("lower")).unwrap();
     let upper = fs::OpenOptions::new().read(true).write(true).open(e.m("upper")).unwrap();
-    // Writes are not checked while stopped: the kernel asks the daemon whether a write must
-    // drop privileges (getxattr security.capability) before a passthrough write.
     std::os::unix::fs::FileExt::write_all_at(&upper, b"via-passthrough", 10).unwrap();
     // Only read/write calls: anything else (fstat) would need the daemon.
     let got = with_daemon_stopped(&e.mnt, std::time::Duration::from_secs(10), move || {
@@ -956,7 +956,7 @@ fn passthrough_engages_and_fallback_matches() {
                 Err(_) => break None,
             }
         };
-        let r2 = true;
+        let r2 = (0..100).all(|i| upper.write_all_at(b"stopped", 1000 + 8 * i).is_ok());
         let mut b2 = vec![0u8; 15];
         let r3 = upper.read_exact_at(&mut b2, 10).map(|_| b2);
         (r1, r2, r3.ok())
@@ -971,6 +971,7 @@ fn passthrough_engages_and_fallback_matches() {
     assert_eq!(fs::read(e.m("lower")).unwrap(), data);
     let up = fs::read(e.m("upper")).unwrap();
     assert_eq!(&up[10..25], b"via-passthrough");
+    assert_eq!(&up[1000 + 8 * 99..1000 + 8 * 99 + 7], b"stopped");
     // copy-up while a read is open
     let mut r = fs::File::open(e.m("lower")).unwrap();
     fs::OpenOptions::new().append(true).open(e.m("lower")).unwrap().write_all(b"!").unwrap();
@@ -1345,4 +1346,38 @@ fn uid_and_gid_mapping() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("uidmapping"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Set-id bits are cleared by a write or a truncation from a caller without CAP_FSETID (an
+/// ordinary user), kept for root, as on a local filesystem; such files are written through the
+/// daemon (which clears the bits), not passthrough.
+#[test]
+fn writes_by_unprivileged_callers_clear_setid_bits() {
+    if !can_mount() {
+        return;
+    }
+    let e = Env::new(1);
+    for n in ["w", "t", "o", "root", "nogx"] {
+        write(e.l(0).join(n), b"#!/bin/sh\n");
+        std::os::unix::fs::chown(e.l(0).join(n), Some(1000), Some(1000)).unwrap();
+    }
+    let m = e.mount();
+    for (n, mode) in [("w", 0o6775), ("t", 0o6775), ("o", 0o6775), ("root", 0o6775), ("nogx", 0o2766)] {
+        fs::set_permissions(e.m(n), fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let as_user = |cmd: &str| sh(&format!("setpriv --reuid=1000 --regid=1000 --clear-groups sh -c '{cmd}'"));
+    as_user(&format!("echo x >> {}", e.m("w").display()));
+    as_user(&format!("truncate -s 3 {}", e.m("t").display()));
+    as_user(&format!("echo x >> {}", e.m("nogx").display()));
+    as_user(&format!("echo y > {}", e.m("o").display()));
+    sh(&format!("echo x >> {}", e.m("root").display()));
+    let mode = |n: &str| fs::metadata(e.m(n)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("w"), 0o775, "write by a user clears set-uid and set-gid");
+    assert_eq!(mode("t"), 0o775, "truncation by a user clears them");
+    assert_eq!(mode("o"), 0o775, "O_TRUNC by a user clears them");
+    assert_eq!(mode("nogx"), 0o2766, "set-gid without group execution stays");
+    assert_eq!(mode("root"), 0o6775, "root keeps them");
+    assert_eq!(fs::read(e.m("w")).unwrap(), b"#!/bin/sh\nx\n");
+    assert_eq!(fs::metadata(e.upper.join("w")).unwrap().mode() & 0o7777, 0o775);
+    m.umount();
 }
