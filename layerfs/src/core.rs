@@ -504,7 +504,7 @@ impl Union {
         let inode = match self.table.node(found.ino)? {
             Node::Full(inode) => inode,
             Node::Lower { kind, .. } => {
-                if kind != found.kind || found.state.upper {
+                if kind != found.kind {
                     return None;
                 }
                 let pos = Pos { parent: Some(parent.clone()), name: Name::from_slice(name), detached: None };
