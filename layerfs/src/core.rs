@@ -802,7 +802,7 @@ impl Union {
             return Ok(None);
         }
         let lr = s.lowers[0];
-        if self.lower_node_ref(found.ino).ok() != Some(lr) {
+        if self.lower_node_ref(found.ino).ok() != Some(lr) || !self.layers[lr.layer].finds_names_by_inode() {
             return Ok(None);
         }
         let a = self.layers[lr.layer].getattr(lr.ino)?;

@@ -178,6 +178,14 @@ pub trait Lower: Send + Sync + Debug {
     /// `..`), in any order, until `f` breaks.
     fn readdir(&self, dir: LowerIno, f: &mut dyn FnMut(&[u8], LowerDirEntry) -> ControlFlow<()>) -> Result<()>;
 
+    /// Whether [`Lower::name_of`] costs about a lookup (not a scan of the directory): only then
+    /// does the core keep no name for this layer's files (lower nodes, see
+    /// `crate::inode::Node`), since every change to such a file asks for its name again (a
+    /// `chown -R` of a directory of n files would scan it n times).
+    fn finds_names_by_inode(&self) -> bool {
+        false
+    }
+
     /// The name of `ino` in directory `dir`, when it has one there (used for files with one
     /// link, whose name the core does not keep: see `crate::inode::Node`). The default scans
     /// `readdir` and checks the name with `lookup`.
