@@ -212,21 +212,22 @@ impl Lower for PackedLower {
             Err(e) => Some(Err(e)),
         });
         let Some((idx0, ino0)) = first.transpose().map_err(corrupt)? else { return Ok(None) };
-        if let Some(guess) = ino.0.checked_sub(ino0).and_then(|d| u32::try_from(idx0 as u64 + d).ok()) {
-            for e in self.layer.read_dir(&d, guess).map_err(corrupt)?.take(AHEAD) {
+        // The entry naming `ino` among at most `limit` entries from index `start`.
+        let find = |start: u32, limit: usize| -> Result<Option<Vec<u8>>> {
+            for e in self.layer.read_dir(&d, start).map_err(corrupt)?.take(limit) {
                 let e = e.map_err(corrupt)?;
                 if u64::from(e.ino) == ino.0 {
                     return Ok(Some(e.name.to_vec()));
                 }
             }
+            Ok(None)
+        };
+        if let Some(guess) = ino.0.checked_sub(ino0).and_then(|d| u32::try_from(idx0 as u64 + d).ok())
+            && let Some(name) = find(guess, AHEAD)?
+        {
+            return Ok(Some(name));
         }
-        for e in self.layer.read_dir(&d, 0).map_err(corrupt)? {
-            let e = e.map_err(corrupt)?;
-            if u64::from(e.ino) == ino.0 {
-                return Ok(Some(e.name.to_vec()));
-            }
-        }
-        Ok(None)
+        find(0, usize::MAX)
     }
 
     fn readlink(&self, ino: LowerIno) -> Result<Vec<u8>> {
