@@ -487,10 +487,15 @@ impl Union {
             Node::Full(inode) => Ok(inode),
             Node::Lower { parent, kind } => {
                 let lr = self.lower_node_ref(ino)?;
-                let dir = parent.state().lowers.iter().find(|r| r.layer == lr.layer).copied().ok_or(Errno::ESTALE)?;
+                // The parent first (a lower directory node becomes a full inode too).
+                let parent = self.inode(parent)?;
+                let ps = parent.state().clone();
+                let dir = ps.lowers.iter().find(|r| r.layer == lr.layer).copied().ok_or(Errno::ESTALE)?;
                 let name = self.layers[lr.layer].name_of(dir.ino, lr.ino)?.ok_or(Errno::ESTALE)?;
-                let state =
-                    State { origin: Some((self.layer_id(lr.layer), lr.ino)), lowers: [lr].into(), ..State::default() };
+                let mut state = self.lower_node_state(lr);
+                if kind.is_dir() {
+                    state.lower_path = ps.lower_path.as_ref().map(|p| join(p, &name));
+                }
                 let pos = Pos { parent: Some(parent), name: Name::from_vec(name), detached: None };
                 self.table.make_full(ino, || Inode::new(ino, Generation::LOWER, kind, pos, state)).ok_or(Errno::ESTALE)
             }
@@ -513,6 +518,12 @@ impl Union {
             }
         };
         (inode.kind == found.kind && !inode.is_dead()).then_some(inode)
+    }
+
+    /// The union state of a lower node in layer position and inode `lr` (without the lower path
+    /// of a directory: that needs its name and its parent's).
+    fn lower_node_state(&self, lr: LowerRef) -> State {
+        State { origin: Some((self.layer_id(lr.layer), lr.ino)), lowers: [lr].into(), ..State::default() }
     }
 
     /// The layer position and inode of a lower node.
@@ -661,6 +672,12 @@ impl Union {
                 Err(e) => return Err(e.into()),
             }
         }
+        self.resolve_lowers(ps, name)
+    }
+
+    /// Resolves `name` in the lower parts of a directory whose union state is `ps` (the part
+    /// of [`Union::resolve`] after the upper directory).
+    fn resolve_lowers(&self, ps: &State, name: &[u8]) -> Result<Option<Found>> {
         for (i, lr) in ps.lowers.iter().enumerate() {
             let l = &self.layers[lr.layer];
             match l.lookup(lr.ino, name)? {
@@ -773,10 +790,22 @@ impl Union {
     /// Looks `name` up in `parent`; adds one kernel lookup to the result.
     pub fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr> {
         check_name(name)?;
+        if let Node::Lower { kind, .. } = self.node(parent)? {
+            // A lower directory node: only its layer can answer, and it stays a lower node
+            // unless the answer needs a full inode (a hard link).
+            if !kind.is_dir() {
+                return Err(Errno::ENOTDIR);
+            }
+            let ps = self.lower_node_state(self.lower_node_ref(parent)?);
+            let found = self.resolve_lowers(&ps, name)?.ok_or(Errno::ENOENT)?;
+            if let Some(attr) = self.lookup_lower_node(parent, &found)? {
+                return Ok(attr);
+            }
+        }
         let p = self.inode(parent)?;
         let ps = p.state().clone();
         let found = self.resolve(&p, &ps, name)?.ok_or(Errno::ENOENT)?;
-        if let Some(attr) = self.lookup_lower_node(&p, &found)? {
+        if let Some(attr) = self.lookup_lower_node(p.ino, &found)? {
             return Ok(attr);
         }
         let upper_found = found.state.upper;
@@ -794,11 +823,12 @@ impl Union {
         Ok(attr)
     }
 
-    /// Holds `found` as a lower node (see [`Node`]) when it is one: a file (not a directory)
-    /// only in one lower layer, with one link, whose node id names its layer and inode.
-    fn lookup_lower_node(&self, parent: &Arc<Inode>, found: &Found) -> Result<Option<Attr>> {
+    /// Holds `found` (looked up in `parent`) as a lower node (see [`Node`]) when it is one: a
+    /// directory or a file with one link only in one lower layer (one that finds names by
+    /// inode), whose node id names its layer and inode.
+    fn lookup_lower_node(&self, parent: Ino, found: &Found) -> Result<Option<Attr>> {
         let s = &found.state;
-        if s.upper || found.kind.is_dir() || s.lowers.len() != 1 || s.metacopy {
+        if s.upper || s.lowers.len() != 1 || s.metacopy {
             return Ok(None);
         }
         let lr = s.lowers[0];
@@ -806,7 +836,7 @@ impl Union {
             return Ok(None);
         }
         let a = self.layers[lr.layer].getattr(lr.ino)?;
-        if a.nlink != 1 {
+        if a.nlink != 1 && !found.kind.is_dir() {
             return Ok(None);
         }
         if self.table.insert_lower(found.ino, found.kind, parent, 1).is_none() {
@@ -2210,11 +2240,14 @@ impl Union {
     /// cannot change behind the kernel). No handle: listings are found by their offsets (see
     /// [`Union::readdir`]), so the kernel may skip OPENDIR/RELEASEDIR altogether.
     pub fn opendir(&self, ino: Ino) -> Result<bool> {
-        let Node::Full(inode) = self.node(ino)? else { return Err(Errno::ENOTDIR) };
-        if !inode.kind.is_dir() {
+        let node = self.node(ino)?;
+        if !node.kind().is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        Ok(!inode.state().upper)
+        Ok(match node {
+            Node::Full(inode) => !inode.state().upper,
+            Node::Lower { .. } => true,
+        })
     }
 
     /// Entries of directory `dir` after `offset` (0 = from the start; otherwise an offset this
@@ -2231,16 +2264,22 @@ impl Union {
     /// Two names with the same 63-bit hash (never seen in practice) still both appear once in a
     /// listing read without changes.
     pub fn readdir(&self, dir: Ino, offset: u64) -> Result<DirPage> {
-        let Node::Full(inode) = self.node(dir)? else { return Err(Errno::ENOTDIR) };
-        if !inode.kind.is_dir() {
+        let node = self.node(dir)?;
+        if !node.kind().is_dir() {
             return Err(Errno::ENOTDIR);
         }
-        let key = (dir, inode.generation);
+        let key = (dir, node.generation());
         let cached = if offset == 0 { None } else { lock(&self.listings).get(key) };
         let (entries, keys) = match cached {
             Some(l) => l,
             None => {
-                let l = self.sorted_listing(&inode)?;
+                let l = match node {
+                    Node::Full(inode) => Self::sorted_listing(self.snapshot(&inode, usize::MAX)?),
+                    Node::Lower { parent, .. } => {
+                        let s = self.lower_node_state(self.lower_node_ref(dir)?);
+                        Self::sorted_listing(self.snapshot_of(dir, parent, &s, None, usize::MAX)?)
+                    }
+                };
                 lock(&self.listings).insert(key, l.clone());
                 l
             }
@@ -2254,9 +2293,8 @@ impl Union {
 
     /// The merged listing of `dir` in offset order, with the offsets (strictly increasing:
     /// a name whose hash is taken by another gets the next free offset).
-    fn sorted_listing(&self, dir: &Inode) -> Result<Listing> {
-        let mut v: Vec<(u64, DirEntry)> =
-            self.snapshot(dir, usize::MAX)?.into_iter().map(|e| (name_key(&e.name), e)).collect();
+    fn sorted_listing(snapshot: Vec<DirEntry>) -> Listing {
+        let mut v: Vec<(u64, DirEntry)> = snapshot.into_iter().map(|e| (name_key(&e.name), e)).collect();
         v.sort_unstable_by(|a, b| (a.0, &a.1.name).cmp(&(b.0, &b.1.name)));
         for i in 1..v.len() {
             if v[i].0 <= v[i - 1].0 {
@@ -2265,23 +2303,36 @@ impl Union {
         }
         let keys = v.iter().map(|e| e.0).collect();
         let entries = v.into_iter().map(|e| e.1).collect();
-        Ok((Arc::new(entries), Arc::new(keys)))
+        (Arc::new(entries), Arc::new(keys))
     }
 
     /// The merged listing of `dir` ("." and ".." first), at most `limit` entries.
     fn snapshot(&self, dir: &Inode, limit: usize) -> Result<Vec<DirEntry>> {
         let s = dir.state().clone();
         let parent_ino = dir.pos().parent.map_or(Ino::ROOT, |p| p.ino);
+        let upper_fd = if s.upper { Some(self.upper_dir_fd(dir)?) } else { None };
+        self.snapshot_of(dir.ino, parent_ino, &s, upper_fd, limit)
+    }
+
+    /// The merged listing of directory `ino` (in `parent_ino`, with union state `s` and its
+    /// upper directory `upper_fd` when `s.upper`), at most `limit` entries.
+    fn snapshot_of(
+        &self,
+        ino: Ino,
+        parent_ino: Ino,
+        s: &State,
+        upper_fd: Option<Arc<OwnedFd>>,
+        limit: usize,
+    ) -> Result<Vec<DirEntry>> {
         let mut out = vec![
-            DirEntry { name: b".".to_vec(), ino: dir.ino, kind: FileKind::Directory },
+            DirEntry { name: b".".to_vec(), ino, kind: FileKind::Directory },
             DirEntry { name: b"..".to_vec(), ino: parent_ino, kind: FileKind::Directory },
         ];
         let mut seen: HashSet<Vec<u8>> = HashSet::new();
         // Upper entries: name -> (d_ino, kind).
         let mut upper_entries: Vec<(Vec<u8>, u64, FileKind)> = Vec::new();
         let mut ufd = None;
-        if s.upper {
-            let fd = self.upper_dir_fd(dir)?;
+        if let Some(fd) = upper_fd {
             let rd = sys::openat(fd.as_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
             let mut d = nix::dir::Dir::from_fd(rd)?;
             for e in d.iter() {
@@ -2480,7 +2531,7 @@ mod tests {
         let a = path_ino(u, "a").unwrap();
         let [fa, la, ga, ha, ka] = ["f", "l", "g", "h", "k"].map(|n| u.lookup(a.ino, n.as_bytes()).unwrap());
         path_ino(u, "a/new.txt").unwrap();
-        // Files with one link in one layer are lower nodes; a directory and hard links are not.
+        // Files with one link in one layer are lower nodes; a merged directory and hard links are not.
         let _big = path_ino(u, "big").unwrap();
         assert_eq!(u.table().lower_nodes(), 6);
         // Read-only operations keep them so.
@@ -2539,6 +2590,83 @@ mod tests {
         assert_eq!(u.table().lower_nodes(), 0);
         assert_eq!(path_ino(u, "a/new.txt").unwrap().ino, new.ino);
         assert_eq!(u.table().lower_nodes(), 1);
+    }
+
+    #[test]
+    fn lower_directories_are_lower_nodes_until_changed() {
+        let lowers = || {
+            vec![
+                MemLower::new("top").file("x/t", b"t", 0o644),
+                MemLower::new("bottom")
+                    .file("d/e/f", b"f", 0o644)
+                    .file("d/e/k", b"k", 0o644)
+                    .file("d/e/sub/h", b"h", 0o644)
+                    .file("d/e/hl1", b"hl", 0o644)
+                    .hardlink("d/e/hl1", "d/hl2")
+                    .file("d/z", b"z", 0o644),
+            ]
+        };
+        let f = fixture(lowers());
+        let u = &f.u;
+        let d = path_ino(u, "d").unwrap();
+        let e = u.lookup(d.ino, b"e").unwrap();
+        let sub = u.lookup(e.ino, b"sub").unwrap();
+        let h = u.lookup(sub.ino, b"h").unwrap();
+        // Directories of one layer are lower nodes too, and so is what is looked up in them.
+        assert_eq!(
+            (d.generation, e.generation, sub.generation),
+            (Generation::LOWER, Generation::LOWER, Generation::LOWER)
+        );
+        assert_eq!(u.table().lower_nodes(), 4);
+        assert_eq!(u.getattr(e.ino, None).unwrap(), e);
+        assert!(u.opendir(e.ino).unwrap());
+        let page = u.readdir(e.ino, 0).unwrap();
+        assert_eq!((page.entries[0].ino, page.entries[1].ino), (e.ino, d.ino));
+        assert_eq!(names(u, e.ino), ["f", "hl1", "k", "sub"]);
+        assert_eq!(names(u, d.ino), ["e", "hl2", "z"]);
+        let sub_entry = page.entries.iter().find(|x| x.name == b"sub").unwrap();
+        assert_eq!((sub_entry.ino, sub_entry.kind), (sub.ino, FileKind::Directory));
+        assert_eq!(u.lookup(e.ino, b"nope").unwrap_err(), Errno::ENOENT);
+        assert_eq!(u.lookup(h.ino, b"x").unwrap_err(), Errno::ENOTDIR);
+        assert_eq!(read_all(u, h.ino), b"h");
+        assert_eq!(u.table().lower_nodes(), 4);
+        // A directory's count holds the lower nodes below it besides the kernel's lookups.
+        assert_eq!([d.ino, e.ino, sub.ino, h.ino].map(|i| u.table().lookups(i)), [2, 2, 2, 1]);
+        // A change below makes full inodes of the chain, each with its name and lower path.
+        let ch = SetAttr { mode: Some(0o600), ..SetAttr::default() };
+        assert_eq!(u.setattr(h.ino, &ch).unwrap().perm, 0o600);
+        assert!(upper_path(&f).join("d/e/sub/h").exists());
+        assert_eq!(read_all(u, h.ino), b"h");
+        assert_eq!(u.table().lower_nodes(), 0);
+        assert_eq!(path_ino(u, "d/e").unwrap().ino, e.ino);
+        assert_eq!(path_ino(u, "d/e/sub").unwrap().generation, Generation::LOWER);
+        // A hard link looked up in a lower directory node is a full inode (its parent too).
+        let d2 = path_ino(u, "d").unwrap();
+        assert_eq!(d2.ino, d.ino);
+        u.forget(e.ino, u.table().lookups(e.ino));
+        let e2 = u.lookup(d.ino, b"e").unwrap();
+        let hl1 = u.lookup(e2.ino, b"hl1").unwrap();
+        assert_eq!(hl1.nlink, 2);
+        assert_eq!(u.lookup(d.ino, b"hl2").unwrap().ino, hl1.ino);
+        // Renaming a directory that was a lower node writes the right redirect; creating in
+        // one copies its chain up.
+        let e3 = path_ino(u, "d/e").unwrap();
+        u.rename(d.ino, b"e", Ino::ROOT, b"e2", 0).unwrap();
+        assert_eq!(names(u, e3.ino), ["f", "hl1", "k", "sub"]);
+        let x = path_ino(u, "x").unwrap();
+        let x2 = u.lookup(Ino::ROOT, b"d").unwrap();
+        let (made, o) = u.create(&CTX, x2.ino, b"new", 0o644, libc::O_WRONLY).unwrap();
+        u.release(o.fh);
+        assert_eq!(made.uid, 1000);
+        assert!(x.ino != x2.ino);
+        let f = remount(f, lowers());
+        let u = &f.u;
+        assert_eq!(names(u, path_ino(u, "e2").unwrap().ino), ["f", "hl1", "k", "sub"]);
+        assert_eq!(path_ino(u, "e2").unwrap().ino, e.ino);
+        assert_eq!(read_all(u, path_ino(u, "e2/sub/h").unwrap().ino), b"h");
+        assert_eq!(path_ino(u, "e2/sub/h").unwrap().perm, 0o600);
+        assert_eq!(names(u, path_ino(u, "d").unwrap().ino), ["hl2", "new", "z"]);
+        assert_eq!(path_ino(u, "d/e").unwrap_err(), Errno::ENOENT);
     }
 
     #[test]

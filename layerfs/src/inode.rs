@@ -130,21 +130,23 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// What a node id stands for: a full [`Inode`], or a *lower node*: a file (not a directory)
-/// that exists only in one lower layer, with one link, untouched since its lookup. A lower node
-/// costs its table slot only (no `Inode`, no name): its layer and inode number are in its node
-/// id (see [`crate::ino::lower_parts`]), its name is found again in its parent's lower
-/// directory when an operation needs the full inode (see `Union::inode`), and its generation is
-/// [`Generation::LOWER`]. Read-mostly containers hold tens of thousands of these.
+/// What a node id stands for: a full [`Inode`], or a *lower node*: an object that exists only
+/// in one lower layer (a directory, or a file with one link), untouched since its lookup. A
+/// lower node costs its table slot only (no `Inode`, no name, no lower path): its layer and
+/// inode number are in its node id (see [`crate::ino::lower_parts`]), its parent is held by node
+/// id, its name is found again in its parent's lower directory when an operation needs the full
+/// inode (see `Union::inode`), and its generation is [`Generation::LOWER`]. Read-mostly
+/// containers hold tens of thousands of these.
 #[derive(Clone, Debug)]
 pub enum Node {
     /// A full inode.
     Full(Arc<Inode>),
-    /// A lower node: its parent directory (held, like `Pos::parent`) and its type.
+    /// A lower node.
     Lower {
-        /// The directory it was looked up in.
-        parent: Arc<Inode>,
-        /// Its type (never a directory).
+        /// The node id of the directory it was looked up in (held by the table while this node
+        /// is: see [`InodeTable`]).
+        parent: Ino,
+        /// Its type.
         kind: FileKind,
     },
 }
@@ -167,73 +169,60 @@ impl Node {
     }
 }
 
-/// A table slot: 16 bytes. `inode` is the inode itself, or for a lower node its parent;
-/// `meta` holds the kernel's lookup count in its low bits and, for a lower node, its type in
-/// the top byte (0 for a full inode).
-struct Slot {
-    inode: Arc<Inode>,
-    meta: u64,
+/// A table slot (16 bytes). `count` is the number of references to the node id: the kernel's
+/// lookups plus one for each lower node whose parent it is. A count that reaches `u32::MAX`
+/// stays there (the node is never dropped).
+enum Slot {
+    Full { inode: Arc<Inode>, count: u32 },
+    Lower { parent: Ino, count: u32, kind: FileKind },
 }
 
-const COUNT_BITS: u32 = 56;
-const COUNT_MASK: u64 = (1 << COUNT_BITS) - 1;
-
-fn kind_code(kind: FileKind) -> u64 {
-    1 + match kind {
-        FileKind::Regular => 0,
-        FileKind::Directory => 1,
-        FileKind::Symlink => 2,
-        FileKind::CharDevice => 3,
-        FileKind::BlockDevice => 4,
-        FileKind::Fifo => 5,
-        FileKind::Socket => 6,
-    }
-}
-
-fn code_kind(code: u64) -> FileKind {
-    match code {
-        1 => FileKind::Regular,
-        2 => FileKind::Directory,
-        3 => FileKind::Symlink,
-        4 => FileKind::CharDevice,
-        5 => FileKind::BlockDevice,
-        6 => FileKind::Fifo,
-        _ => FileKind::Socket,
-    }
+fn add(count: u32, n: u64) -> u32 {
+    u32::try_from(u64::from(count).saturating_add(n)).unwrap_or(u32::MAX)
 }
 
 impl Slot {
-    fn full(inode: Arc<Inode>, lookups: u64) -> Slot {
-        Slot { inode, meta: lookups.min(COUNT_MASK) }
+    fn count(&self) -> u32 {
+        match self {
+            Slot::Full { count, .. } | Slot::Lower { count, .. } => *count,
+        }
     }
 
-    fn lower(parent: Arc<Inode>, kind: FileKind, lookups: u64) -> Slot {
-        Slot { inode: parent, meta: kind_code(kind) << COUNT_BITS | lookups.min(COUNT_MASK) }
-    }
-
-    fn lookups(&self) -> u64 {
-        self.meta & COUNT_MASK
-    }
-
-    fn set_lookups(&mut self, n: u64) {
-        self.meta = (self.meta & !COUNT_MASK) | n.min(COUNT_MASK);
+    fn count_mut(&mut self) -> &mut u32 {
+        match self {
+            Slot::Full { count, .. } | Slot::Lower { count, .. } => count,
+        }
     }
 
     fn node(&self) -> Node {
-        match self.meta >> COUNT_BITS {
-            0 => Node::Full(self.inode.clone()),
-            code => Node::Lower { parent: self.inode.clone(), kind: code_kind(code) },
+        match self {
+            Slot::Full { inode, .. } => Node::Full(inode.clone()),
+            Slot::Lower { parent, kind, .. } => Node::Lower { parent: *parent, kind: *kind },
         }
     }
 
     fn full_inode(&self) -> Option<&Arc<Inode>> {
-        (self.meta >> COUNT_BITS == 0).then_some(&self.inode)
+        match self {
+            Slot::Full { inode, .. } => Some(inode),
+            Slot::Lower { .. } => None,
+        }
+    }
+
+    /// The parent a lower node holds.
+    fn held_parent(&self) -> Option<Ino> {
+        match self {
+            Slot::Full { .. } => None,
+            Slot::Lower { parent, .. } => Some(*parent),
+        }
     }
 }
 
 const SHARDS: usize = 32;
 
-/// Node id → inode, sharded.
+/// Node id → [`Node`], sharded. A lower node holds its parent by node id: the parent's count
+/// includes one for each such child, so the parent stays in the table (full or lower) as long
+/// as any lower node below it does, whatever the kernel forgets first. When a lower node
+/// becomes a full inode, its [`Pos::parent`] holds the parent instead.
 pub struct InodeTable {
     shards: Vec<Mutex<HashMap<Ino, Slot>>>,
     next_generation: AtomicU64,
@@ -289,14 +278,21 @@ impl InodeTable {
     /// Inserts the root (never forgotten).
     pub fn insert_root(&self, inode: Inode) -> Arc<Inode> {
         let inode = Arc::new(inode);
-        self.shard(inode.ino).insert(inode.ino, Slot::full(inode.clone(), 1 << 55));
+        self.shard(inode.ino).insert(inode.ino, Slot::Full { inode: inode.clone(), count: u32::MAX });
         inode
+    }
+
+    /// Drops one reference of `parent` (see [`InodeTable::forget`]).
+    fn release(&self, parent: Option<Ino>) {
+        if let Some(p) = parent {
+            self.forget(p, 1);
+        }
     }
 
     /// Finds the live inode for `ino` of type `kind` and lets `update` refresh it, or installs
     /// a new object made by `make` (replacing a dead one or one of another type, keeping the
-    /// lookup count; a lower node becomes the new object with its generation). Adds `count`
-    /// kernel lookups.
+    /// count; a lower node becomes the new object with its generation). Adds `count` kernel
+    /// lookups.
     pub fn get_or_insert(
         &self,
         ino: Ino,
@@ -306,51 +302,59 @@ impl InodeTable {
         make: impl FnOnce(Generation) -> Inode,
     ) -> Arc<Inode> {
         let mut shard = self.shard(ino);
-        if let Some(slot) = shard.get_mut(&ino) {
-            let lookups = slot.lookups() + count;
-            match slot.node() {
-                Node::Full(inode) if !inode.is_dead() && inode.kind == kind => {
-                    slot.set_lookups(lookups);
-                    drop(shard);
-                    update(&inode);
-                    return inode;
-                }
-                Node::Lower { kind: k, .. } if k == kind => {
-                    // The same object, now with a state a lower node cannot hold (an upper
-                    // copy, another name): it keeps its generation.
-                    let inode = Arc::new(make(Generation::LOWER));
-                    *slot = Slot::full(inode.clone(), lookups);
-                    return inode;
-                }
-                _ => {}
-            }
+        let Some(slot) = shard.get_mut(&ino) else {
             let inode = Arc::new(make(self.new_generation()));
-            *slot = Slot::full(inode.clone(), lookups);
+            shard.insert(ino, Slot::Full { inode: inode.clone(), count: add(0, count) });
             return inode;
-        }
-        let inode = Arc::new(make(self.new_generation()));
-        shard.insert(ino, Slot::full(inode.clone(), count));
+        };
+        let total = add(slot.count(), count);
+        let generation = match &*slot {
+            Slot::Full { inode, .. } if !inode.is_dead() && inode.kind == kind => {
+                let inode = inode.clone();
+                *slot.count_mut() = total;
+                drop(shard);
+                update(&inode);
+                return inode;
+            }
+            // The same object, now with a state a lower node cannot hold (an upper copy,
+            // another name): it keeps its generation.
+            Slot::Lower { kind: k, .. } if *k == kind => Generation::LOWER,
+            _ => self.new_generation(),
+        };
+        let inode = Arc::new(make(generation));
+        let old = std::mem::replace(slot, Slot::Full { inode: inode.clone(), count: total });
+        drop(shard);
+        self.release(old.held_parent());
         inode
     }
 
-    /// Holds `ino` as a lower node looked up in `parent`, adding `count` kernel lookups;
-    /// `None` when the node id stands for a full inode (live, or dead and to be replaced by a
-    /// new generation): the caller then goes the full way ([`InodeTable::get_or_insert`]).
-    pub fn insert_lower(&self, ino: Ino, kind: FileKind, parent: &Arc<Inode>, count: u64) -> Option<()> {
+    /// Holds `ino` as a lower node looked up in `parent` (a held node id), adding `count` kernel
+    /// lookups; `None` when the node id stands for a full inode (live, or dead and to be
+    /// replaced by a new generation): the caller then goes the full way
+    /// ([`InodeTable::get_or_insert`]).
+    pub fn insert_lower(&self, ino: Ino, kind: FileKind, parent: Ino, count: u64) -> Option<()> {
         let mut shard = self.shard(ino);
-        match shard.get_mut(&ino) {
+        let old_parent = match shard.get_mut(&ino) {
             None => {
-                shard.insert(ino, Slot::lower(parent.clone(), kind, count));
-                Some(())
+                shard.insert(ino, Slot::Lower { parent, count: add(0, count), kind });
+                None
             }
-            Some(slot) => match slot.node() {
-                Node::Lower { kind: k, .. } if k == kind => {
-                    *slot = Slot::lower(parent.clone(), kind, slot.lookups() + count);
-                    Some(())
+            Some(slot) => match slot {
+                Slot::Lower { parent: p, count: c, kind: k } if *k == kind => {
+                    *c = add(*c, count);
+                    if *p == parent {
+                        return Some(());
+                    }
+                    Some(std::mem::replace(p, parent))
                 }
-                _ => None,
+                _ => return None,
             },
-        }
+        };
+        drop(shard);
+        // The new reference to the parent (held by the caller's lookup, so it is in the table).
+        self.add_lookups(parent, 1);
+        self.release(old_parent);
+        Some(())
     }
 
     /// Turns the lower node `ino` into the full inode `make` builds (with
@@ -363,25 +367,35 @@ impl InodeTable {
             return Some(inode.clone());
         }
         let inode = Arc::new(make());
-        *slot = Slot::full(inode.clone(), slot.lookups());
+        let old = std::mem::replace(slot, Slot::Full { inode: inode.clone(), count: slot.count() });
+        drop(shard);
+        self.release(old.held_parent());
         Some(inode)
     }
 
     /// Adds kernel lookups to a held inode (readdirplus and hard links reuse inodes).
     pub fn add_lookups(&self, ino: Ino, count: u64) {
         if let Some(slot) = self.shard(ino).get_mut(&ino) {
-            slot.set_lookups(slot.lookups() + count);
+            let c = slot.count_mut();
+            *c = add(*c, count);
         }
     }
 
-    /// Drops `n` kernel lookups; the inode leaves the table at zero.
+    /// Drops `n` references (kernel lookups) of `ino`; a node that nothing references any more
+    /// leaves the table, and drops its reference of its parent in turn (called with no shard
+    /// locked).
     pub fn forget(&self, ino: Ino, n: u64) {
-        let mut shard = self.shard(ino);
-        if let Some(slot) = shard.get_mut(&ino) {
-            let left = slot.lookups().saturating_sub(n);
-            slot.set_lookups(left);
-            if left == 0 {
-                shard.remove(&ino);
+        let mut next = Some((ino, n));
+        while let Some((ino, n)) = next.take() {
+            let mut shard = self.shard(ino);
+            let Some(slot) = shard.get_mut(&ino) else { return };
+            let c = slot.count_mut();
+            if *c == u32::MAX {
+                return;
+            }
+            *c = u32::try_from(u64::from(*c).saturating_sub(n)).unwrap_or(0);
+            if *c == 0 {
+                next = shard.remove(&ino).and_then(|s| s.held_parent()).map(|p| (p, 1));
             }
         }
     }
@@ -401,9 +415,9 @@ impl InodeTable {
         self.len() == 0
     }
 
-    /// Current lookup count of `ino` (tests).
+    /// Current count of `ino` (kernel lookups plus lower nodes below it; tests).
     pub fn lookups(&self, ino: Ino) -> u64 {
-        self.shard(ino).get(&ino).map_or(0, Slot::lookups)
+        self.shard(ino).get(&ino).map_or(0, |s| u64::from(s.count()))
     }
 }
 
@@ -431,5 +445,33 @@ mod tests {
         assert!(t.get(Ino(7)).is_some());
         t.forget(Ino(7), 1);
         assert!(t.get(Ino(7)).is_none());
+    }
+
+    #[test]
+    fn lower_nodes_hold_their_parents() {
+        assert!(std::mem::size_of::<Slot>() <= 16);
+        let t = InodeTable::new();
+        let make = |g| Inode::new(Ino(1), g, FileKind::Directory, pos(), State::default());
+        t.get_or_insert(Ino(1), FileKind::Directory, 1, |_| {}, make);
+        t.insert_lower(Ino(2), FileKind::Directory, Ino(1), 1).unwrap();
+        t.insert_lower(Ino(3), FileKind::Regular, Ino(2), 2).unwrap();
+        assert_eq!((t.lookups(Ino(1)), t.lookups(Ino(2)), t.lookups(Ino(3))), (2, 2, 2));
+        // The kernel forgets the parents first: they stay while the file is held.
+        t.forget(Ino(1), 1);
+        t.forget(Ino(2), 1);
+        assert!(matches!(t.node(Ino(2)), Some(Node::Lower { parent: Ino(1), kind: FileKind::Directory })));
+        assert!(t.get(Ino(1)).is_some());
+        t.forget(Ino(3), 1);
+        assert_eq!(t.len(), 3);
+        t.forget(Ino(3), 1);
+        assert!(t.is_empty());
+        // A lower node turned full no longer holds its parent by id.
+        t.get_or_insert(Ino(1), FileKind::Directory, 1, |_| {}, make);
+        t.insert_lower(Ino(2), FileKind::Directory, Ino(1), 1).unwrap();
+        assert_eq!(t.lookups(Ino(1)), 2);
+        let mk = || Inode::new(Ino(2), Generation::LOWER, FileKind::Directory, pos(), State::default());
+        t.make_full(Ino(2), mk).unwrap();
+        assert_eq!(t.lookups(Ino(1)), 1);
+        assert!(t.insert_lower(Ino(2), FileKind::Directory, Ino(1), 1).is_none());
     }
 }
