@@ -389,7 +389,11 @@ impl Union {
         if layers.len() > crate::ino::MAX_LAYERS {
             return Err(SetupError::TooManyLayers(layers.len()));
         }
-        let table = InodeTable::new();
+        let dense: Vec<(LayerId, u64)> = (0..layers.len())
+            .filter(|&i| layers[i].finds_names_by_inode())
+            .filter_map(|i| Some((LayerId((layers.len() - 1 - i) as u32), layers[i].ino_bound()?)))
+            .collect();
+        let table = InodeTable::with_dense_layers(&dense);
         let upper_root = match &upper {
             Some(u) => Some(Arc::new(nix::unistd::dup(u.root.as_fd()).map_err(|e| SetupError::Open {
                 what: "upper directory",

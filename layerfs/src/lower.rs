@@ -186,6 +186,13 @@ pub trait Lower: Send + Sync + Debug {
         false
     }
 
+    /// A bound below which all of this layer's inode numbers lie, when they are dense (numbered
+    /// from 1): the core then keeps this layer's lower nodes in arrays indexed by inode number
+    /// (`crate::inode::InodeTable`). Only asked of layers that find names by inode.
+    fn ino_bound(&self) -> Option<u64> {
+        None
+    }
+
     /// The name of `ino` in directory `dir`, when it has one there (used for files with one
     /// link, whose name the core does not keep: see `crate::inode::Node`). The default scans
     /// `readdir` and checks the name with `lookup`.

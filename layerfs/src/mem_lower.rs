@@ -218,6 +218,10 @@ impl Lower for MemLower {
         true
     }
 
+    fn ino_bound(&self) -> Option<u64> {
+        Some(self.nodes.len() as u64 + 1)
+    }
+
     fn lookup(&self, dir: LowerIno, name: &[u8]) -> Result<LowerLookup> {
         let Data::Dir(m) = &self.node(dir)?.data else {
             return Err(Errno::ENOTDIR);

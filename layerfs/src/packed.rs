@@ -195,6 +195,10 @@ impl Lower for PackedLower {
         true
     }
 
+    fn ino_bound(&self) -> Option<u64> {
+        Some(u64::from(self.layer.inode_count()) + 1)
+    }
+
     /// The writers number a directory's children consecutively in name order (SPEC.md, a hint
     /// readers may use but not trust): the entry is looked for from the index that numbering
     /// gives, a few entries on (whiteouts and hard-link aliases before it push it later), and

@@ -395,3 +395,97 @@ fn changing_many_lower_files_finds_each_name() {
     check(&many, true);
     m.umount();
 }
+
+/// Lower nodes (files and directories of one packed layer, held without an inode) under churn:
+/// threads walk the tree while others change files and directories below lower directory
+/// nodes (each change makes full inodes of the chain of parents), rename a lower directory
+/// back and forth, and make the kernel forget inodes. Afterwards every name lists once, stats
+/// with `d_ino == st_ino`, reads the layer's data, and a remount shows the same tree.
+#[test]
+fn lower_nodes_under_churn() {
+    use std::os::unix::fs::PermissionsExt;
+    if !can_mount() {
+        return;
+    }
+    let s = build_store();
+    let dir = tempfile::tempdir().unwrap();
+    let (mnt, _upper, args) = image_with_upper(&s, dir.path());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let m = mount(&args, &mnt);
+    let share = mnt.join("usr/share");
+    // Concurrent renames make names vanish for a moment (ENOENT); nothing else may fail.
+    fn ok<T>(what: &str, r: std::io::Result<T>) {
+        if let Err(e) = r {
+            assert_eq!(e.raw_os_error(), Some(libc::ENOENT), "{what}: {e}");
+        }
+    }
+    std::thread::scope(|sc| {
+        for t in 0..4usize {
+            let share = share.clone();
+            sc.spawn(move || {
+                for i in 0..150usize {
+                    let many = share.join("many");
+                    let f = |k: usize| many.join(format!("f{:04}", (k * 37 + t * 251) % 1000));
+                    match t {
+                        0 | 1 => {
+                            // Lookups of lower nodes, and listings of lower directory nodes.
+                            for e in fs::read_dir(&many).into_iter().flatten().flatten().take(200) {
+                                ok("stat", fs::symlink_metadata(e.path()));
+                            }
+                            ok("read", fs::read(f(i)));
+                            if i % 40 == t * 20 {
+                                let _ = fs::write("/proc/sys/vm/drop_caches", b"2");
+                            }
+                        }
+                        2 => {
+                            // Changes below a lower directory node: chmod, new entries, renames.
+                            ok("chmod", fs::set_permissions(f(i), fs::Permissions::from_mode(0o600)));
+                            ok("create", fs::write(many.join(format!("new{}", i % 5)), b"n"));
+                            ok("unlink", fs::remove_file(many.join(format!("new{}", (i + 2) % 5))));
+                            ok("rename", fs::rename(f(i + 1), many.join(format!("moved{}", i % 3))));
+                            ok("rename back", fs::rename(many.join(format!("moved{}", (i + 1) % 3)), f(i + 500)));
+                        }
+                        _ => {
+                            // A lower directory renamed away and back while others use it.
+                            if fs::rename(&many, share.join("many2")).is_ok() {
+                                let _ = fs::read_dir(share.join("many2")).map(|d| d.count());
+                                fs::rename(share.join("many2"), &many).unwrap();
+                            }
+                            let d = |k: usize| share.join(format!("d{}", k % 4));
+                            if let Err(e) = fs::create_dir(d(i)) {
+                                assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists, "mkdir: {e}");
+                            }
+                            ok("rmdir", fs::remove_dir(d(i + 2)));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let tree = |root: &Path| -> BTreeMap<String, (u64, u32, Vec<u8>)> {
+        let mut out = BTreeMap::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in fs::read_dir(root.join("usr/share/many")).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().to_string_lossy().into_owned();
+            assert!(seen.insert(name.clone()), "{name} listed twice");
+            let md = fs::symlink_metadata(e.path()).unwrap();
+            assert_eq!(e.ino(), md.ino(), "{name}: d_ino != st_ino");
+            out.insert(name, (md.ino(), md.mode(), fs::read(e.path()).unwrap()));
+        }
+        out
+    };
+    let before = tree(&mnt);
+    for (name, (_, _, data)) in &before {
+        if let Some(i) = name.strip_prefix('f').and_then(|n| n.parse::<u32>().ok()) {
+            // A moved file may have landed on another's name: its data is one of the layer's.
+            let v: u32 = String::from_utf8_lossy(data).trim().parse().unwrap_or_else(|_| panic!("{name}: {data:?}"));
+            assert!(v < 1000, "{name} ({i}): {v}");
+        }
+    }
+    assert!(before.len() > 900, "{} entries left", before.len());
+    m.umount();
+    let m = mount(&args, &mnt);
+    assert_eq!(tree(&mnt), before);
+    m.umount();
+}
