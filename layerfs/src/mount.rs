@@ -153,6 +153,7 @@ pub fn mount_and_serve(
         );
     }
     sys::raise_nofile_limit();
+    sys::fix_mmap_threshold();
     // The kernel applies the caller's umask; ours must not apply a second one.
     sys::umask(0);
     // Garbage collection of the store waits while we open its layers; our lease keeps them
