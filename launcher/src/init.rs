@@ -94,8 +94,10 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let mut k = LinuxSys;
     let layerfs = cfg.rootfs.layerfs().is_some();
     let early_go = cfg.rootless || layerfs;
+    let mut resolved = None;
     if early_go {
-        let fds = wait_go(child)?;
+        let (fds, user) = wait_go(child)?;
+        resolved = user;
         if layerfs {
             let ns = fds.first().ok_or(SetupError::JoinRootfs(Errno::EBADF.into()))?;
             nix::sched::setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| SetupError::JoinRootfs(e.into()))?;
@@ -125,9 +127,14 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::Setsid(e.into()))?;
     }
 
-    let passwd = user::read_db(Path::new("/etc/passwd"));
-    let group = user::read_db(Path::new("/etc/group"));
-    let user = user::resolve(cfg.user.as_deref(), &passwd, &group)?;
+    let user = match resolved {
+        Some(u) => u,
+        None => {
+            let passwd = user::read_db(Path::new("/etc/passwd"));
+            let group = user::read_db(Path::new("/etc/group"));
+            user::resolve(cfg.user.as_deref(), &passwd, &group)?
+        }
+    };
     let mut env = cfg.env.clone();
     if env_get(&env, "HOME").is_none() {
         env.push(format!("HOME={}", user.home));
@@ -175,10 +182,10 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
 
 /// Waits until the monitor placed us in the cgroup (and mapped our ids, and the root filesystem is mounted);
 /// returns the descriptors GO carried (the layerfs daemon's mount namespace).
-fn wait_go(child: &Child<'_>) -> Result<Vec<OwnedFd>, SetupError> {
-    let mut b = [0u8; 1];
+fn wait_go(child: &Child<'_>) -> Result<(Vec<OwnedFd>, Option<user::User>), SetupError> {
+    let mut b = vec![0u8; 1 + proto::MAX_GO_USER];
     match proto::recv(child.sock.as_fd(), &mut b) {
-        Ok((1, fds)) if b[0] == proto::GO => Ok(fds),
+        Ok((n, fds)) if n >= 1 && b[0] == proto::GO => Ok((fds, serde_json::from_slice(&b[1..n]).ok())),
         Ok(_) => sys::exit_now(125),
         Err(e) => Err(SetupError::Sync(e.into())),
     }

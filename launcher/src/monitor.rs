@@ -32,6 +32,7 @@ use crate::proto::{self, ChildMsg, ExitInfo, Frame};
 use crate::rootfs::{LayerfsDirs, PreparedRoot};
 use crate::state::{LayerfsState, State, Status, Store, now_rfc3339, process_start_time};
 use crate::sys::{self, CloneResult};
+use crate::user;
 
 /// Name of the attach socket in the state directory.
 pub const ATTACH_SOCKET: &str = "attach";
@@ -414,7 +415,19 @@ fn start_in(
     if let Some(att) = net {
         network::attach(att, pid).map_err(fail)?;
     }
-    // GO carries the daemon's mount namespace once its mount is live.
+    // GO carries the container's user, resolved from its image while the daemon mounts (see
+    // `user::read_image_dbs`; the init resolves it itself when GO has none), and the daemon's mount namespace
+    // once its mount is live.
+    let mut go = vec![proto::GO];
+    if let Some(spec) = cfg.rootfs.layerfs()
+        && let Some((passwd, group)) =
+            user::read_image_dbs(&spec.lowerdirs, spec.image.as_ref().map(|i| i.store.as_path()), &cfg.mounts)
+        && let Ok(u) = user::resolve(cfg.user.as_deref(), &passwd, &group)
+        && let Ok(json) = serde_json::to_vec(&u)
+        && json.len() <= proto::MAX_GO_USER
+    {
+        go.extend(json);
+    }
     let mnt_ns = match root.daemon.as_mut() {
         Some(d) => {
             d.wait_ready().map_err(fail)?;
@@ -423,8 +436,7 @@ fn start_in(
         None => None,
     };
     let go_fds: Vec<i32> = mnt_ns.iter().map(|f| f.as_raw_fd()).collect();
-    proto::send(parent_sock.as_fd(), &[proto::GO], &go_fds)
-        .map_err(|e| fail(Error::sys("release the container", e)))?;
+    proto::send(parent_sock.as_fd(), &go, &go_fds).map_err(|e| fail(Error::sys("release the container", e)))?;
     drop(mnt_ns);
     let mut pty = None;
     loop {

@@ -65,6 +65,8 @@ pub enum ChildMsg {
 
 /// Monitor → container init: go on (cgroup joined, ids mapped).
 pub const GO: u8 = b'G';
+/// The largest resolved user (JSON) GO carries after its byte.
+pub const MAX_GO_USER: usize = 60 * 1024;
 
 /// Frames between the monitor and its clients (the `run` CLI, `attach`, `wait`, `stop`, `kill`).
 #[derive(Debug, Clone, PartialEq)]

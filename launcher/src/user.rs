@@ -24,8 +24,48 @@ pub fn read_db(path: &std::path::Path) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
+/// `/etc/passwd` and `/etc/group` of a container about to start on a layerfs root, read from its packed layers
+/// (topmost first; `store`: the store holding their objects) by the monitor while the filesystem mounts, so
+/// that the init resolves its user with no FUSE round trip (ten of them otherwise: lookup, open, two reads and
+/// release of each file). A fresh container's root shows exactly that: its upper is empty, and the launcher's
+/// init layer above holds only mount points. `None` when the init must look itself: a `-v`/`--tmpfs` mount
+/// covers the files, a layer is not a packed file, `/etc` or a file is not what [`read_db`] reads (a symlink to
+/// follow, a FIFO...), or a layer cannot be read.
+pub fn read_image_dbs(
+    layers: &[std::path::PathBuf],
+    store: Option<&std::path::Path>,
+    mounts: &[crate::mounts::UserMount],
+) -> Option<(String, String)> {
+    use std::io::Read;
+    use std::path::Path;
+    use tools::merged::MergedView;
+    let covered = ["/", "/etc", "/etc/passwd", "/etc/group"];
+    if mounts.iter().any(|m| covered.iter().any(|c| m.destination() == Path::new(c))) {
+        return None;
+    }
+    let opened: Vec<tools::MappedLayer> =
+        layers.iter().map(|p| if p.is_file() { tools::open_layer(p).ok() } else { None }).collect::<Option<_>>()?;
+    let view = MergedView::new(opened.iter().collect());
+    let Some(etc) = view.lookup(b"etc").ok()? else { return Some((String::new(), String::new())) };
+    let etc = etc.dir?;
+    let store = store.and_then(|s| tools::store::Store::open_existing(s).ok());
+    let read = |name: &[u8]| -> Option<String> {
+        let Some(e) = view.lookup_in(&etc, name).ok()? else { return Some(String::new()) };
+        if e.kind != format_spec::Kind::File {
+            return None;
+        }
+        let layer = view.layers()[e.source.layer];
+        let inode = layer.inode(e.source.ino).ok()?;
+        let mut buf = Vec::new();
+        let reader = tools::export::file_reader(layer, &inode, store.as_ref()).ok()?;
+        reader.take(MAX_DB_SIZE).read_to_end(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf).into_owned())
+    };
+    Some((read(b"passwd")?, read(b"group")?))
+}
+
 /// A resolved user.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct User {
     pub uid: u32,
     pub gid: u32,
@@ -107,6 +147,66 @@ mod tests {
 
     const PASSWD: &str = "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33:www:/var/www:/bin/false\nbad line\n";
     const GROUP: &str = "root:x:0:\nwww:x:33:\nstaff:x:50:www,other\nvideo:x:44:www\n";
+
+    /// A packed layer at `dir/name` built by `f`.
+    fn layer(
+        dir: &std::path::Path,
+        name: &str,
+        f: impl FnOnce(&mut format_spec::LayerBuilder<'_>),
+    ) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let mut b = format_spec::LayerBuilder::new(std::fs::File::create(&path).unwrap());
+        f(&mut b);
+        b.finish(None).unwrap();
+        path
+    }
+
+    fn file(b: &mut format_spec::LayerBuilder<'_>, path: &str, data: &str) {
+        let meta = format_spec::Meta { mode: 0o644, ..Default::default() };
+        b.file(path.as_bytes(), meta, data.len() as u64, &mut std::io::Cursor::new(data.as_bytes())).unwrap();
+    }
+
+    #[test]
+    fn image_dbs_are_what_a_fresh_root_shows() {
+        use crate::mounts::UserMount;
+        let d = tempfile::tempdir().unwrap();
+        let base = layer(d.path(), "base", |b| {
+            file(b, "etc/passwd", "root:x:0:0:root:/root:/bin/sh\n");
+            file(b, "etc/group", "root:x:0:\n");
+        });
+        let top = layer(d.path(), "top", |b| {
+            file(b, "etc/passwd", PASSWD);
+            b.whiteout(b"etc/group").unwrap();
+        });
+        // Topmost first; the whiteout hides the group file.
+        let (p, g) = read_image_dbs(&[top.clone(), base.clone()], None, &[]).unwrap();
+        assert_eq!((p.as_str(), g.as_str()), (PASSWD, ""));
+        assert_eq!(read_image_dbs(std::slice::from_ref(&base), None, &[]).unwrap().1, "root:x:0:\n");
+        // Volumes over the files, a directory layer, /etc a symlink or a file a FIFO: the init looks itself.
+        let tmpfs = |dst: &str| UserMount::Tmpfs { destination: dst.into(), options: vec![] };
+        for dst in ["/etc", "/etc/passwd", "/etc/group", "/"] {
+            assert_eq!(read_image_dbs(std::slice::from_ref(&base), None, &[tmpfs(dst)]), None, "{dst}");
+        }
+        assert!(read_image_dbs(std::slice::from_ref(&base), None, &[tmpfs("/etc/x")]).is_some());
+        assert_eq!(read_image_dbs(&[d.path().to_path_buf()], None, &[]), None);
+        let link = layer(d.path(), "link", |b| {
+            b.symlink(b"etc", format_spec::Meta { mode: 0o777, ..Default::default() }, b"private/etc").unwrap();
+        });
+        assert_eq!(read_image_dbs(&[link, base.clone()], None, &[]), None);
+        let fifo = layer(d.path(), "fifo", |b| {
+            b.special(
+                b"etc/passwd",
+                format_spec::Meta { mode: 0o644, ..Default::default() },
+                format_spec::Kind::Fifo,
+                (0, 0),
+            )
+            .unwrap();
+        });
+        assert_eq!(read_image_dbs(&[fifo, base], None, &[]), None);
+        // No /etc at all: nothing to find, as in the container.
+        let empty = layer(d.path(), "empty", |b| file(b, "bin/x", "x"));
+        assert_eq!(read_image_dbs(&[empty], None, &[]), Some((String::new(), String::new())));
+    }
 
     #[test]
     fn resolution() {
