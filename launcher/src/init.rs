@@ -94,10 +94,8 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
     let mut k = LinuxSys;
     let layerfs = cfg.rootfs.layerfs().is_some();
     let early_go = cfg.rootless || layerfs;
-    let mut resolved = None;
     if early_go {
-        let (fds, user) = wait_go(child)?;
-        resolved = user;
+        let fds = wait_go(child)?;
         if layerfs {
             let ns = fds.first().ok_or(SetupError::JoinRootfs(Errno::EBADF.into()))?;
             nix::sched::setns(ns, CloneFlags::CLONE_NEWNS).map_err(|e| SetupError::JoinRootfs(e.into()))?;
@@ -127,6 +125,7 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
         nix::unistd::setsid().map_err(|e| SetupError::Setsid(e.into()))?;
     }
 
+    let resolved = if layerfs { wait_user(child)? } else { None };
     let user = match resolved {
         Some(u) => u,
         None => {
@@ -182,10 +181,20 @@ fn setup_and_exec(child: &Child<'_>) -> Result<Never, SetupError> {
 
 /// Waits until the monitor placed us in the cgroup (and mapped our ids, and the root filesystem is mounted);
 /// returns the descriptors GO carried (the layerfs daemon's mount namespace).
-fn wait_go(child: &Child<'_>) -> Result<(Vec<OwnedFd>, Option<user::User>), SetupError> {
-    let mut b = vec![0u8; 1 + proto::MAX_GO_USER];
+fn wait_go(child: &Child<'_>) -> Result<Vec<OwnedFd>, SetupError> {
+    let mut b = [0u8; 1];
     match proto::recv(child.sock.as_fd(), &mut b) {
-        Ok((n, fds)) if n >= 1 && b[0] == proto::GO => Ok((fds, serde_json::from_slice(&b[1..n]).ok())),
+        Ok((1, fds)) if b[0] == proto::GO => Ok(fds),
+        Ok(_) => sys::exit_now(125),
+        Err(e) => Err(SetupError::Sync(e.into())),
+    }
+}
+
+/// On a layerfs root: the user the monitor resolved from the image, if it could (see `user::read_image_dbs`).
+fn wait_user(child: &Child<'_>) -> Result<Option<user::User>, SetupError> {
+    let mut b = vec![0u8; 1 + proto::MAX_USER_MSG];
+    match proto::recv(child.sock.as_fd(), &mut b) {
+        Ok((n, _)) if n >= 1 && b[0] == proto::USER => Ok(serde_json::from_slice(&b[1..n]).ok()),
         Ok(_) => sys::exit_now(125),
         Err(e) => Err(SetupError::Sync(e.into())),
     }

@@ -415,19 +415,7 @@ fn start_in(
     if let Some(att) = net {
         network::attach(att, pid).map_err(fail)?;
     }
-    // GO carries the container's user, resolved from its image while the daemon mounts (see
-    // `user::read_image_dbs`; the init resolves it itself when GO has none), and the daemon's mount namespace
-    // once its mount is live.
-    let mut go = vec![proto::GO];
-    if let Some(spec) = cfg.rootfs.layerfs()
-        && let Some((passwd, group)) =
-            user::read_image_dbs(&spec.lowerdirs, spec.image.as_ref().map(|i| i.store.as_path()), &cfg.mounts)
-        && let Ok(u) = user::resolve(cfg.user.as_deref(), &passwd, &group)
-        && let Ok(json) = serde_json::to_vec(&u)
-        && json.len() <= proto::MAX_GO_USER
-    {
-        go.extend(json);
-    }
+    // GO carries the daemon's mount namespace once its mount is live.
     let mnt_ns = match root.daemon.as_mut() {
         Some(d) => {
             d.wait_ready().map_err(fail)?;
@@ -436,8 +424,23 @@ fn start_in(
         None => None,
     };
     let go_fds: Vec<i32> = mnt_ns.iter().map(|f| f.as_raw_fd()).collect();
-    proto::send(parent_sock.as_fd(), &go, &go_fds).map_err(|e| fail(Error::sys("release the container", e)))?;
+    proto::send(parent_sock.as_fd(), &[proto::GO], &go_fds)
+        .map_err(|e| fail(Error::sys("release the container", e)))?;
     drop(mnt_ns);
+    // On a layerfs root USER follows: the container's user, resolved from its image while the init builds its
+    // root (see `user::read_image_dbs`), or nothing (the init then reads its /etc/passwd and /etc/group itself).
+    if let Some(spec) = cfg.rootfs.layerfs() {
+        let mut msg = vec![proto::USER];
+        if let Some((passwd, group)) =
+            user::read_image_dbs(&spec.lowerdirs, spec.image.as_ref().map(|i| i.store.as_path()), &cfg.mounts)
+            && let Ok(u) = user::resolve(cfg.user.as_deref(), &passwd, &group)
+            && let Ok(json) = serde_json::to_vec(&u)
+            && json.len() <= proto::MAX_USER_MSG
+        {
+            msg.extend(json);
+        }
+        proto::send(parent_sock.as_fd(), &msg, &[]).map_err(|e| fail(Error::sys("send the container its user", e)))?;
+    }
     let mut pty = None;
     loop {
         match proto::recv_child(parent_sock.as_fd()).map_err(fail)? {

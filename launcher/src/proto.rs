@@ -65,8 +65,10 @@ pub enum ChildMsg {
 
 /// Monitor → container init: go on (cgroup joined, ids mapped).
 pub const GO: u8 = b'G';
-/// The largest resolved user (JSON) GO carries after its byte.
-pub const MAX_GO_USER: usize = 60 * 1024;
+/// Monitor → init, after GO on a layerfs root: the resolved user as JSON after this byte, or nothing.
+pub const USER: u8 = b'U';
+/// The largest resolved user (JSON) a USER message carries.
+pub const MAX_USER_MSG: usize = 60 * 1024;
 
 /// Frames between the monitor and its clients (the `run` CLI, `attach`, `wait`, `stop`, `kill`).
 #[derive(Debug, Clone, PartialEq)]

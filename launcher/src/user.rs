@@ -25,7 +25,7 @@ pub fn read_db(path: &std::path::Path) -> String {
 }
 
 /// `/etc/passwd` and `/etc/group` of a container about to start on a layerfs root, read from its packed layers
-/// (topmost first; `store`: the store holding their objects) by the monitor while the filesystem mounts, so
+/// (topmost first; `store`: the store holding their objects) by the monitor while the init builds its root, so
 /// that the init resolves its user with no FUSE round trip (ten of them otherwise: lookup, open, two reads and
 /// release of each file). A fresh container's root shows exactly that: its upper is empty, and the launcher's
 /// init layer above holds only mount points. `None` when the init must look itself: a `-v`/`--tmpfs` mount
