@@ -13,8 +13,12 @@
 //! ## Lock order (documented once, followed everywhere)
 //! 1. `Inode::state` locks: a directory before anything inside it; two unrelated inodes in
 //!    ascending node id order. Never lock a parent while holding a child.
-//! 2. Leaf locks, held only for a copy and never while taking another lock: table shards,
-//!    `Inode::pos`, the handle table, the upper directory fd cache, the lower fd caches.
+//! 2. The table's chunk locks (lower nodes of dense layers): one at a time, after any
+//!    `Inode::state` lock and before the table's shard and far-parent locks; no `Inode::state`
+//!    lock is taken while one is held.
+//! 3. Leaf locks, held only for a copy and never while taking another lock: table shards, the
+//!    far-parent table, `Inode::pos`, the handle table, the upper directory fd cache, the lower
+//!    fd caches.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
